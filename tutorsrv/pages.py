@@ -1,0 +1,38 @@
+"""Browser pages of the single-box (`all`) role: a status page and the engine test page.
+
+The test page talks to the engine exactly as a real client does: it creates a session through
+the session API with the engine key (which the operator pastes in; it is kept in page memory
+only) and then speaks the WebSocket protocol to the returned engine_url.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp_jinja2
+from aiohttp import web
+
+from . import __version__
+from .appkeys import LLM, REGISTRY
+
+
+@aiohttp_jinja2.template("index.html")
+async def index(request: web.Request) -> dict[str, Any]:
+    registry = request.app[REGISTRY]
+    llm = request.app[LLM]
+    return {
+        "version": __version__,
+        "sessions": len(registry),
+        "max_sessions": registry.max_sessions,
+        "llm": f"{llm.name} · {llm.model}",
+    }
+
+
+@aiohttp_jinja2.template("test.html")
+async def test_page(request: web.Request) -> dict[str, Any]:
+    return {"version": __version__}
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get("/", index, name="index")
+    app.router.add_get("/test", test_page, name="test")

@@ -1,0 +1,331 @@
+"""The session registry: live sessions, their signed tokens, their one socket, and their end.
+
+Shared by every role that runs an engine. It knows nothing about HTTP or aiohttp: a socket is
+anything with ``close(code, reason)``, so the registry can be tested and reasoned about alone.
+
+Why it looks like this (DESIGN.md §1): the old system kept sessions in two processes, made
+tokens optional, listed tokens to anyone, and expired sessions only when another was created.
+Here a token is an HMAC-signed JWT that carries the session id and expiry, it is always
+required, it is never stored or listed, and a background reaper ends idle and over-age
+sessions on a clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import secrets
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Literal, Protocol
+
+import jwt
+
+log = logging.getLogger(__name__)
+
+TOKEN_ALGORITHM = "HS256"
+TOKEN_AUDIENCE = "tutorsrv-engine"
+
+EndReason = Literal["ended", "expired"]
+
+
+class LiveSocket(Protocol):
+    """What the registry needs of a connected client."""
+
+    async def close(self, code: int, reason: str) -> None: ...
+
+
+@dataclass
+class TutorProfile:
+    name: str = "Tutor"
+    system_prompt: str = ""
+    greeting: str = ""
+    voice: str = ""
+    language: str = "en"
+
+
+@dataclass
+class Message:
+    role: Literal["user", "assistant"]
+    content: str
+    timestamp: str
+    response_id: str | None = None
+    interrupted: bool = False
+
+    def to_json(self) -> dict[str, object]:
+        data: dict[str, object] = {
+            "role": self.role,
+            "content": self.content,
+            "timestamp": self.timestamp,
+        }
+        if self.response_id is not None:
+            data["response_id"] = self.response_id
+        if self.interrupted:
+            data["interrupted"] = True
+        return data
+
+
+@dataclass(eq=False)
+class Session:
+    id: str
+    tutor_id: str
+    student_id: str
+    kb_id: str | None
+    tutor: TutorProfile
+    created_at: float  # wall clock, seconds
+    expires_at: float  # wall clock: hard end of the session and of its token
+    last_activity: float  # monotonic clock
+    history: list[Message] = field(default_factory=list)
+    socket: LiveSocket | None = None
+    ever_connected: bool = False
+
+    @property
+    def status(self) -> str:
+        if self.socket is not None:
+            return "connected"
+        return "disconnected" if self.ever_connected else "created"
+
+    def to_json(self, *, include_history: bool = False) -> dict[str, object]:
+        data: dict[str, object] = {
+            "session_id": self.id,
+            "tutor_id": self.tutor_id,
+            "student_id": self.student_id,
+            "kb_id": self.kb_id,
+            "tutor_name": self.tutor.name,
+            "status": self.status,
+            "created_at": iso(self.created_at),
+            "expires_at": iso(self.expires_at),
+            "messages": len(self.history),
+        }
+        if include_history:
+            data["history"] = [m.to_json() for m in self.history]
+        return data
+
+
+class CapacityError(Exception):
+    def __init__(self, retry_after: int) -> None:
+        super().__init__("the engine is at its session limit")
+        self.retry_after = retry_after
+
+
+class TokenError(Exception):
+    """A session token was refused. ``code`` is the WebSocket close code to answer with."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def iso(wall_seconds: float) -> str:
+    return datetime.fromtimestamp(wall_seconds, UTC).isoformat(timespec="seconds").replace(
+        "+00:00", "Z"
+    )
+
+
+def now_iso() -> str:
+    return iso(time.time())
+
+
+class TokenSigner:
+    """Issues and checks session tokens: HS256 JWTs with the session id and an expiry."""
+
+    def __init__(self, secret: str | bytes | None = None) -> None:
+        if not secret:
+            secret = secrets.token_bytes(32)
+        self._secret = secret.encode() if isinstance(secret, str) else secret
+
+    def issue(self, session_id: str, expires_at: float) -> str:
+        claims = {
+            "sid": session_id,
+            "aud": TOKEN_AUDIENCE,
+            "iat": int(time.time()),
+            "exp": int(math.ceil(expires_at)),
+        }
+        return jwt.encode(claims, self._secret, algorithm=TOKEN_ALGORITHM)
+
+    def verify(self, token: str | None, session_id: str) -> None:
+        """Raise TokenError unless ``token`` is a valid, unexpired token for ``session_id``."""
+        if not token:
+            raise TokenError(4401, "a session token is required (?token=...)")
+        try:
+            # Signature first, expiry second: a forged token must never learn whether it
+            # would have been expired or for which session.
+            claims = jwt.decode(
+                token,
+                self._secret,
+                algorithms=[TOKEN_ALGORITHM],
+                audience=TOKEN_AUDIENCE,
+                options={"require": ["exp", "sid", "aud"], "verify_exp": False},
+            )
+        except jwt.InvalidTokenError:
+            raise TokenError(4401, "the session token is invalid") from None
+        if claims.get("sid") != session_id:
+            raise TokenError(4403, "the session token belongs to another session")
+        exp = claims.get("exp")
+        if not isinstance(exp, int | float) or exp <= time.time():
+            raise TokenError(4408, "the session token has expired")
+
+
+class SessionRegistry:
+    """All sessions of one engine process, with limits, expiry and socket ownership."""
+
+    def __init__(
+        self,
+        *,
+        max_sessions: int,
+        idle_timeout: float,
+        max_duration: float,
+        signer: TokenSigner,
+        tombstone_seconds: float = 3600.0,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.max_sessions = max_sessions
+        self.idle_timeout = idle_timeout
+        self.max_duration = max_duration
+        self.signer = signer
+        self._sessions: dict[str, Session] = {}
+        # Ended ids, remembered for a while so a late client hears "ended"/"expired", not
+        # "unknown". Bounded both by age and by count.
+        self._tombstones: OrderedDict[str, tuple[EndReason, float]] = OrderedDict()
+        self._tombstone_seconds = tombstone_seconds
+        self._clock = clock
+        self._wall = wall_clock
+        # Closing a socket waits on the client; these tasks belong to the registry.
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def create(
+        self,
+        *,
+        tutor_id: str,
+        student_id: str,
+        kb_id: str | None = None,
+        tutor: TutorProfile | None = None,
+    ) -> tuple[Session, str]:
+        if len(self._sessions) >= self.max_sessions:
+            raise CapacityError(self._retry_after())
+        wall = self._wall()
+        session = Session(
+            id=uuid.uuid4().hex,
+            tutor_id=tutor_id,
+            student_id=student_id,
+            kb_id=kb_id,
+            tutor=tutor or TutorProfile(),
+            created_at=wall,
+            expires_at=wall + self.max_duration,
+            last_activity=self._clock(),
+        )
+        self._sessions[session.id] = session
+        token = self.signer.issue(session.id, session.expires_at)
+        log.info("session created", extra={"session_id": session.id, "tutor_id": tutor_id})
+        return session, token
+
+    def get(self, session_id: str) -> Session | None:
+        return self._sessions.get(session_id)
+
+    def list(self) -> list[Session]:
+        return list(self._sessions.values())
+
+    def end_reason(self, session_id: str) -> EndReason | None:
+        entry = self._tombstones.get(session_id)
+        return entry[0] if entry else None
+
+    def touch(self, session: Session) -> None:
+        session.last_activity = self._clock()
+
+    def attach(self, session: Session, socket: LiveSocket) -> bool:
+        """Make ``socket`` the session's live socket. Returns True if it replaced another,
+        which is then closed with 4409 (history stays with the session)."""
+        previous = session.socket
+        session.socket = socket
+        session.ever_connected = True
+        self.touch(session)
+        if previous is not None and previous is not socket:
+            self._close_later(previous, 4409, "replaced by a newer connection")
+            return True
+        return False
+
+    def detach(self, session: Session, socket: LiveSocket) -> None:
+        if session.socket is socket:
+            session.socket = None
+            self.touch(session)
+
+    def end(self, session_id: str, reason: EndReason = "ended") -> bool:
+        """End a session now: forget it and close its socket (4410 ended, 4408 expired)."""
+        session = self._sessions.pop(session_id, None)
+        if session is None:
+            return False
+        self._remember(session_id, reason)
+        if session.socket is not None:
+            code, text = (4410, "session ended") if reason == "ended" else (4408, "session expired")
+            self._close_later(session.socket, code, text)
+            session.socket = None
+        log.info("session %s", reason, extra={"session_id": session_id})
+        return True
+
+    def reap(self) -> list[str]:
+        """End every session idle for longer than the timeout or past its maximum duration."""
+        now, wall = self._clock(), self._wall()
+        expired = [
+            s.id
+            for s in self._sessions.values()
+            if now - s.last_activity >= self.idle_timeout or wall >= s.expires_at
+        ]
+        for session_id in expired:
+            self.end(session_id, "expired")
+        self._forget_old_tombstones()
+        return expired
+
+    async def run_reaper(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                self.reap()
+            except Exception:  # the reaper must outlive a bad session
+                log.exception("reaper pass failed")
+
+    async def close_all(self, code: int = 1001, reason: str = "server shutting down") -> None:
+        for session in self._sessions.values():
+            if session.socket is not None:
+                self._close_later(session.socket, code, reason)
+        await self.wait_closed()
+
+    async def wait_closed(self) -> None:
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+
+    def _close_later(self, socket: LiveSocket, code: int, reason: str) -> None:
+        task = asyncio.get_running_loop().create_task(socket.close(code, reason))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    def _retry_after(self) -> int:
+        """Seconds until the soonest session would expire by idleness, as a hint to callers."""
+        now = self._clock()
+        soonest = min(
+            (self.idle_timeout - (now - s.last_activity) for s in self._sessions.values()),
+            default=1.0,
+        )
+        return max(1, min(300, math.ceil(soonest)))
+
+    def _remember(self, session_id: str, reason: EndReason) -> None:
+        self._tombstones[session_id] = (reason, self._clock())
+        self._tombstones.move_to_end(session_id)
+        while len(self._tombstones) > 10 * self.max_sessions + 1000:
+            self._tombstones.popitem(last=False)
+
+    def _forget_old_tombstones(self) -> None:
+        cutoff = self._clock() - self._tombstone_seconds
+        while self._tombstones:
+            _, (_, ended_at) = next(iter(self._tombstones.items()))
+            if ended_at >= cutoff:
+                break
+            self._tombstones.popitem(last=False)
