@@ -245,7 +245,8 @@ def validate(config: Config) -> None:
         parts = urlsplit(e.public_url)
         if parts.scheme not in ("http", "https", "ws", "wss") or not parts.netloc:
             raise ConfigError(
-                f"engine.public_url: {e.public_url!r} must be an absolute http(s):// or ws(s):// URL"
+                f"engine.public_url: {e.public_url!r} must be an absolute "
+                "http(s):// or ws(s):// URL"
             )
         if parts.query or parts.fragment:
             raise ConfigError("engine.public_url: must not carry a query or fragment")

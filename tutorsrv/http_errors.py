@@ -62,8 +62,8 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     except web.HTTPException as exc:
         if exc.status < 400 or exc.content_type == "application/json":
             raise
-        message = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else (
-            exc.reason
+        message = (
+            exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else (exc.reason)
         )
         headers = {k: exc.headers[k] for k in _KEPT_HEADERS if k in exc.headers}
         return APIError(exc.status, _code_for(exc), message, headers=headers).response()

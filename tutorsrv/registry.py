@@ -122,8 +122,10 @@ class TokenError(Exception):
 
 
 def iso(wall_seconds: float) -> str:
-    return datetime.fromtimestamp(wall_seconds, UTC).isoformat(timespec="seconds").replace(
-        "+00:00", "Z"
+    return (
+        datetime.fromtimestamp(wall_seconds, UTC)
+        .isoformat(timespec="seconds")
+        .replace("+00:00", "Z")
     )
 
 
@@ -144,7 +146,7 @@ class TokenSigner:
             "sid": session_id,
             "aud": TOKEN_AUDIENCE,
             "iat": int(time.time()),
-            "exp": int(math.ceil(expires_at)),
+            "exp": math.ceil(expires_at),
         }
         return jwt.encode(claims, self._secret, algorithm=TOKEN_ALGORITHM)
 

@@ -135,9 +135,7 @@ class Conversation:
             self._record(response_id, parts, interrupted=True)
             return
         except Exception as exc:
-            log.exception(
-                "generation failed", extra={"session_id": self.session.id}
-            )
+            log.exception("generation failed", extra={"session_id": self.session.id})
             self._record(response_id, parts, interrupted=True)
             self._finishing = True
             await self.send(
@@ -178,9 +176,7 @@ class Conversation:
         await self.send({"type": "response_done", "response_id": response_id, "metrics": metrics})
 
     def _record(self, response_id: str, parts: list[str], *, interrupted: bool) -> Message:
-        message = Message(
-            "assistant", "".join(parts).strip(), now_iso(), response_id, interrupted
-        )
+        message = Message("assistant", "".join(parts).strip(), now_iso(), response_id, interrupted)
         # An interrupted reply keeps what was produced; an empty one is not worth a turn.
         if message.content or not interrupted:
             self.session.history.append(message)

@@ -49,7 +49,9 @@ async def require_service_key(request: web.Request, handler: Handler) -> web.Str
     challenge = {"WWW-Authenticate": 'Bearer realm="tutorsrv-engine"'}
     if scheme.lower() != "bearer" or not given.strip():
         raise APIError(
-            401, "missing_api_key", "send the engine API key as 'Authorization: Bearer <key>'",
+            401,
+            "missing_api_key",
+            "send the engine API key as 'Authorization: Bearer <key>'",
             headers=challenge,
         )
     if not hmac.compare_digest(given.strip().encode(), expected.encode()):
@@ -71,9 +73,7 @@ async def create_session(request: web.Request) -> web.Response:
     registry = request.config_dict[REGISTRY]
     config = request.config_dict[CONFIG]
     # Build the URL before creating the session, so a bad Host leaves nothing behind.
-    base = websocket_base(
-        request, config.engine.public_url, config.engine.trust_forwarded_headers
-    )
+    base = websocket_base(request, config.engine.public_url, config.engine.trust_forwarded_headers)
     try:
         session, token = registry.create(
             tutor_id=tutor_id, student_id=student_id, kb_id=kb_id, tutor=tutor

@@ -41,9 +41,7 @@ class LLMBackend(Protocol):
     async def close(self) -> None:
         """Release the model and any worker threads."""
 
-    def stream(
-        self, messages: list[ChatMessage], stats: GenerationStats
-    ) -> AsyncIterator[str]:
+    def stream(self, messages: list[ChatMessage], stats: GenerationStats) -> AsyncIterator[str]:
         """Stream the assistant's reply to ``messages`` as text pieces."""
         ...
 
