@@ -250,6 +250,8 @@ def validate(config: Config) -> None:
             )
         if parts.query or parts.fragment:
             raise ConfigError("engine.public_url: must not carry a query or fragment")
+    if e.token_secret and len(e.token_secret) < 32:
+        raise ConfigError("engine.token_secret: too short; use at least 32 random characters")
     if e.api_key and len(e.api_key) < 16:
         raise ConfigError("engine.api_key: too short; use at least 16 random characters")
     if m.backend in LLM_BACKENDS_PLANNED:

@@ -11,6 +11,7 @@ Every response ends with exactly one of ``response_done`` or ``interrupted``; af
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -20,6 +21,7 @@ from contextlib import aclosing
 from typing import Any
 
 from ..registry import Message, Session, SessionRegistry, now_iso
+from . import protocol
 from .llm.base import ChatMessage, GenerationStats, LLMBackend
 
 log = logging.getLogger(__name__)
@@ -88,8 +90,15 @@ class Conversation:
         return True
 
     async def close(self) -> None:
-        """The connection is going away: stop generating, say nothing more."""
-        await self.interrupt(reason="disconnect", notify=False)
+        """The connection is going away: stop generating, say nothing more.
+
+        The task is cancelled before the first await, so this holds even when the caller
+        is itself being cancelled."""
+        task = self._task
+        if task is None or task.done():
+            return
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
     def _start(
         self, pieces: AsyncIterator[str], stats: GenerationStats, turn_started: float
@@ -138,20 +147,16 @@ class Conversation:
             log.exception("generation failed", extra={"session_id": self.session.id})
             self._record(response_id, parts, interrupted=True)
             self._finishing = True
-            await self.send(
-                {
-                    "type": "error",
-                    "code": "generation_failed",
-                    "content": f"the language model failed: {type(exc).__name__}",
-                    "fatal": False,
-                }
-            )
-            await self.send({"type": "interrupted", "response_id": response_id, "reason": "error"})
+            failure = f"the language model failed: {type(exc).__name__}"
+            with contextlib.suppress(ConnectionError):
+                await self.send(protocol.error("generation_failed", failure))
+                await self.send(
+                    {"type": "interrupted", "response_id": response_id, "reason": "error"}
+                )
             return
 
         self._finishing = True
         finished = time.monotonic()
-        content = "".join(parts).strip()
         message = self._record(response_id, parts, interrupted=False)
         tokens = stats.completion_tokens or len(parts)
         generating = finished - first_piece_at if first_piece_at is not None else 0.0
@@ -164,10 +169,15 @@ class Conversation:
             "cached_prompt_tokens": stats.cached_prompt_tokens,
             "trimmed_messages": stats.trimmed_messages,
         }
+        # A socket that went away after the reply was complete loses nothing: history has it.
+        with contextlib.suppress(ConnectionError):
+            await self._report(message, response_id, metrics)
+
+    async def _report(self, message: Message, response_id: str, metrics: dict[str, Any]) -> None:
         await self.send(
             {
                 "type": "text",
-                "content": content,
+                "content": message.content,
                 "role": "assistant",
                 "timestamp": message.timestamp,
                 "response_id": response_id,

@@ -97,11 +97,13 @@ async def session_socket(request: web.Request) -> web.WebSocketResponse:
     except ConnectionError:
         pass  # the client went away while we were writing
     finally:
-        await conversation.close()
+        # aiohttp may be cancelling this handler (the client vanished), so everything that
+        # must happen is done before the first await: release the session, stop the reply.
         registry.detach(session, connection)
+        log.info("socket closed (code=%s)", ws.close_code, extra={"session_id": session_id})
+        await conversation.close()
         if not ws.closed:
             await ws.close()
-        log.info("socket closed (code=%s)", ws.close_code, extra={"session_id": session_id})
     return ws
 
 

@@ -1,0 +1,131 @@
+"""The command line, run as a real process: start-up errors and a real serve/stop cycle."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from .conftest import API_KEY, AUTH
+
+TUTORSRV = [sys.executable, "-m", "tutorsrv"]
+
+
+def run_cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("TUTORSRV_")}
+    full_env.update(env)
+    return subprocess.run(
+        TUTORSRV + args, env=full_env, cwd=cwd, capture_output=True, text=True, timeout=60
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_engine_role_refuses_to_start_without_a_key(tmp_path: Path) -> None:
+    result = run_cli(["run", "--role", "engine"], {}, tmp_path)
+    assert result.returncode == 2
+    assert "engine.api_key" in result.stderr
+
+
+def test_web_role_says_it_is_not_available_yet(tmp_path: Path) -> None:
+    result = run_cli(["run", "--role", "web"], {}, tmp_path)
+    assert result.returncode == 2
+    assert "not available yet" in result.stderr
+
+
+def test_bad_configuration_names_the_key(tmp_path: Path) -> None:
+    (tmp_path / "c.toml").write_text("[engine]\nmax_sesions = 5\n")
+    result = run_cli(["run", "--role", "all", "--config", "c.toml"], {}, tmp_path)
+    assert result.returncode == 2
+    assert "max_sesions" in result.stderr
+    result = run_cli(["run"], {"TUTORSRV_ENGINE_MAX_SESSIONS": "lots"}, tmp_path)
+    assert result.returncode == 2
+    assert "TUTORSRV_ENGINE_MAX_SESSIONS" in result.stderr
+
+
+def test_missing_model_stops_start_up_with_a_clear_error(tmp_path: Path) -> None:
+    env = {"TUTORSRV_LLM_MODEL_PATH": str(tmp_path / "none.gguf")}
+    result = run_cli(["run", "--role", "all", "--port", str(free_port())], env, tmp_path)
+    assert result.returncode == 3
+    assert "no such file" in result.stderr
+
+
+@pytest.mark.parametrize("role", ["engine", "all"])
+async def test_role_serves_and_stops_on_sigterm(tmp_path: Path, role: str) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TUTORSRV_")}
+    env.update({"TUTORSRV_LLM_BACKEND": "scripted"})
+    if role == "engine":
+        env["TUTORSRV_ENGINE_API_KEY"] = API_KEY
+    # Popen only spawns; the test never waits on the child while the loop must run.
+    proc = subprocess.Popen(  # noqa: ASYNC220
+        [*TUTORSRV, "run", "--role", role, "--port", str(port)],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        async with aiohttp.ClientSession() as http:
+            deadline = time.monotonic() + 60
+            while True:
+                assert proc.poll() is None, proc.stderr.read()
+                try:
+                    async with http.get(base + "/health") as resp:
+                        health = await resp.json()
+                        break
+                except aiohttp.ClientConnectionError:
+                    assert time.monotonic() < deadline, "server did not start"
+                    await asyncio.sleep(0.1)
+            assert health["role"] == role
+
+            key = API_KEY
+            if role == "all":
+                key_file = tmp_path / ".tutorsrv" / "engine-api-key"
+                assert key_file.stat().st_mode & 0o777 == 0o600
+                key = key_file.read_text().strip()
+                async with http.get(base + "/") as resp:
+                    assert resp.status == 200
+                    assert "tutorsrv is running" in await resp.text()
+                async with http.get(base + "/test") as resp:
+                    assert "Engine test page" in await resp.text()
+                async with http.get(base + "/static/test.js") as resp:
+                    assert resp.status == 200
+            headers = {**AUTH, "Authorization": f"Bearer {key}"}
+            body = {"tutor_id": "t", "student_id": "s"}
+            async with http.post(base + "/v1/sessions", json=body, headers=headers) as resp:
+                assert resp.status == 201
+                session = await resp.json()
+            async with http.ws_connect(session["engine_url"]) as ws:
+                assert (await ws.receive_json(timeout=10))["type"] == "session"
+                await ws.send_json({"type": "text", "content": "hi"})
+                while (await ws.receive_json(timeout=10))["type"] != "response_done":
+                    pass
+                proc.send_signal(signal.SIGTERM)
+                closing = await ws.receive(timeout=20)
+                while closing.type == aiohttp.WSMsgType.TEXT:
+                    assert closing.json()["code"] == "shutting_down"
+                    closing = await ws.receive(timeout=20)
+                assert ws.close_code == 1001
+        assert proc.wait(timeout=30) == 0
+        stderr = proc.stderr.read()
+        assert key not in stderr and session["engine_token"] not in stderr  # no secrets logged
+        assert f"session_id={session['session_id']}" in stderr
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

