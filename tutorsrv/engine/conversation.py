@@ -52,10 +52,6 @@ class Conversation:
         # it then would announce "interrupted" for a reply the student already has whole.
         self._finishing = False
 
-    @property
-    def responding(self) -> bool:
-        return self._task is not None and not self._task.done()
-
     async def student_text(self, content: str) -> None:
         """A student turn: stop whatever is being said, record the turn, answer it."""
         await self.interrupt(reason="new_turn")
@@ -70,23 +66,19 @@ class Conversation:
         if greeting:
             self._start(_fixed_pieces(greeting), GenerationStats(), time.monotonic())
 
-    async def interrupt(self, *, reason: str = "interrupt", notify: bool = True) -> bool:
-        """Stop the response in progress. Returns True if there was one to stop."""
+    async def interrupt(self, reason: str = "interrupt") -> bool:
+        """Stop the response in progress and say so. Returns True if there was one."""
         task, response_id = self._task, self._response_id
         if task is None or task.done():
             return False
         if self._finishing:
+            # Generation is over; the reply is whole and only being reported. Let it finish.
             await asyncio.shield(task)
             return False
         task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            # Our own task was cancelled too (not just the response): propagate.
-            if asyncio.current_task() and asyncio.current_task().cancelling():  # type: ignore[union-attr]
-                raise
-        if notify:
-            await self.send({"type": "interrupted", "response_id": response_id, "reason": reason})
+        # gather() waits for the cancelled task without swallowing our own cancellation.
+        await asyncio.gather(task, return_exceptions=True)
+        await self.send({"type": "interrupted", "response_id": response_id, "reason": reason})
         return True
 
     async def close(self) -> None:
