@@ -85,4 +85,8 @@ async def expect_close(ws: ClientWebSocketResponse, wait: float = 10.0) -> tuple
             before.append(json.loads(msg.data))
             continue
         assert msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.CLOSING), msg
-        return ws.close_code, before
+        # The CLOSE frame carries the server's code. (aiohttp's client may later overwrite
+        # ws.close_code with 1006 if the server drops the TCP connection before the client's
+        # own close reply is written; a browser reports the server's code.)
+        code = msg.data if msg.type == WSMsgType.CLOSE else ws.close_code
+        return code, before

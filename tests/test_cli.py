@@ -94,8 +94,8 @@ async def test_role_serves_and_stops_on_sigterm(tmp_path: Path, role: str) -> No
             assert health["role"] == role
 
             key = API_KEY
+            key_file = tmp_path / ".tutorsrv" / "engine-api-key"
             if role == "all":
-                key_file = tmp_path / ".tutorsrv" / "engine-api-key"
                 assert key_file.stat().st_mode & 0o777 == 0o600
                 key = key_file.read_text().strip()
                 async with http.get(base + "/") as resp:
@@ -122,6 +122,8 @@ async def test_role_serves_and_stops_on_sigterm(tmp_path: Path, role: str) -> No
                     closing = await ws.receive(timeout=20)
                 assert ws.close_code == 1001
         assert proc.wait(timeout=30) == 0
+        if role == "all":
+            assert not key_file.exists()  # the key lives only as long as the server
         stderr = proc.stderr.read()
         assert key not in stderr and session["engine_token"] not in stderr  # no secrets logged
         assert f"session_id={session['session_id']}" in stderr
@@ -129,3 +131,17 @@ async def test_role_serves_and_stops_on_sigterm(tmp_path: Path, role: str) -> No
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_port_in_use_fails_fast_and_leaves_the_running_key_alone(tmp_path: Path) -> None:
+    key_file = tmp_path / ".tutorsrv" / "engine-api-key"
+    key_file.parent.mkdir()
+    key_file.write_text("the-running-servers-key\n")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_cli(["run", "--role", "all", "--port", str(port)], {}, tmp_path)
+    assert result.returncode == 3
+    assert "cannot listen" in result.stderr
+    assert key_file.read_text() == "the-running-servers-key\n"

@@ -187,6 +187,31 @@ async def test_reconnect_takes_over_and_keeps_history(client: TestClient) -> Non
     await new.close()
 
 
+async def test_takeover_mid_reply_interrupts_the_old_socket_first(
+    make_client: MakeClient,
+) -> None:
+    client = await make_client(llm=SLOW)
+    session = await new_session(client)
+    old, _ = await connect(client, session)
+    await old.send_json({"type": "text", "content": "a long one"})
+    first = await receive_json(old)
+
+    new, hello = await connect(client, session)
+    # The new socket sees the cut-off reply, stored with what was produced.
+    assert [m["role"] for m in hello["history"]] == ["user", "assistant"]
+    assert hello["history"][1]["interrupted"] is True
+    assert hello["history"][1]["response_id"] == first["response_id"]
+
+    code, before = await expect_close(old)
+    assert code == 4409
+    kinds = [m["type"] for m in before]
+    assert kinds[-2:] == ["interrupted", "error"]
+    assert set(kinds[:-2]) <= {"text_stream"}
+    assert before[-2]["reason"] == "closing"
+    assert client.server.app[LLM].active == 0
+    await new.close()
+
+
 async def test_delete_closes_the_live_socket_with_4410(client: TestClient) -> None:
     session = await new_session(client)
     ws, _ = await connect(client, session)

@@ -23,7 +23,7 @@ from aiohttp import web
 
 from . import pages
 from .appkeys import CONFIG, ENGINE_API_KEY, LLM, REGISTRY, ROLE
-from .config import Config, ConfigError
+from .config import Config, ConfigError, key_file_path
 from .engine import routes as engine_routes
 from .engine.llm import create_backend
 from .engine.public_url import WEBSOCKET_PATH
@@ -67,6 +67,8 @@ def create_app(config: Config, role: str) -> web.Application:
     app[LLM] = create_backend(config.llm)
     app.cleanup_ctx.append(_llm_ctx)
     app.cleanup_ctx.append(_reaper_ctx)
+    if role == "all":
+        app.cleanup_ctx.append(_key_file_ctx)
     app.on_shutdown.append(_close_sockets)
 
     app.router.add_get("/health", engine_routes.health)
@@ -88,18 +90,32 @@ def _engine_api_key(config: Config, role: str) -> str:
             "engine.api_key: the engine role needs a service key "
             "(set TUTORSRV_ENGINE_API_KEY or [engine] api_key; e.g. `openssl rand -hex 32`)"
         )
-    # `all`: a fresh key per start, never logged. Written to a private file so an operator
-    # (or the test page) can use the session API of a local single-box install.
-    key = secrets.token_urlsafe(32)
-    state = Path(config.server.state_dir)
-    state.mkdir(parents=True, exist_ok=True)
-    path = state / "engine-api-key"
+    # `all`: a fresh key per start, never logged; _key_file_ctx publishes it.
+    return secrets.token_urlsafe(32)
+
+
+async def _key_file_ctx(app: web.Application) -> AsyncIterator[None]:
+    """`all` role: put the generated service key in a private file while the server runs,
+    so the operator (and the test page) can use the session API of a single-box install.
+
+    It runs after the model has loaded and is removed at shutdown, so a start that fails,
+    or a configured key, never leaves a stale or overwritten key behind."""
+    config = app[CONFIG]
+    path = key_file_path(config)
+    if config.engine.api_key:
+        path.unlink(missing_ok=True)
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
-        f.write(key + "\n")
+        f.write(app[ENGINE_API_KEY] + "\n")
     os.chmod(path, 0o600)
     log.info("engine.api_key not set: generated one for this run, in %s", path)
-    return key
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
 
 
 async def _llm_ctx(app: web.Application) -> AsyncIterator[None]:

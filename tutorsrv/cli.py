@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
 import sys
 from collections.abc import Sequence
 
@@ -49,27 +50,31 @@ def run(args: argparse.Namespace) -> int:
         print(f"tutorsrv: configuration error: {e}", file=sys.stderr)
         return 2
     setup_logging(config.server.log_level)
+    port = config.server.port or DEFAULT_PORTS[args.role]
+    # Bind before anything else starts, so a port in use fails fast and touches nothing.
+    try:
+        family = socket.AF_INET6 if ":" in config.server.host else socket.AF_INET
+        sock = socket.create_server((config.server.host, port), family=family)
+    except OSError as e:
+        print(f"tutorsrv: cannot listen on {config.server.host}:{port}: {e}", file=sys.stderr)
+        return 3
     try:
         app = create_app(config, args.role)
     except (ConfigError, RoleUnavailable) as e:
+        sock.close()
         print(f"tutorsrv: {e}", file=sys.stderr)
         return 2
-    port = config.server.port or DEFAULT_PORTS[args.role]
     log.info("starting role=%s on http://%s:%d", args.role, config.server.host, port)
     try:
         web.run_app(
             app,
-            host=config.server.host,
-            port=port,
+            sock=sock,
             shutdown_timeout=config.server.shutdown_timeout_seconds,
             access_log=None,
             print=lambda text: log.info(text.strip().replace("\n", " ")),
         )
     except LLMLoadError as e:
         print(f"tutorsrv: cannot start: {e}", file=sys.stderr)
-        return 3
-    except OSError as e:
-        print(f"tutorsrv: cannot listen on {config.server.host}:{port}: {e}", file=sys.stderr)
         return 3
     return 0
 

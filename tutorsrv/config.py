@@ -125,6 +125,11 @@ class Config:
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
 
 
+def key_file_path(config: Config) -> Path:
+    """Where the `all` role publishes the service key it generated for this run."""
+    return Path(config.server.state_dir) / "engine-api-key"
+
+
 def load_config(
     path: str | Path | None = None,
     environ: Mapping[str, str] | None = None,

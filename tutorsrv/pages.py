@@ -13,7 +13,8 @@ import aiohttp_jinja2
 from aiohttp import web
 
 from . import __version__
-from .appkeys import LLM, REGISTRY
+from .appkeys import CONFIG, LLM, REGISTRY
+from .config import key_file_path
 
 
 @aiohttp_jinja2.template("index.html")
@@ -25,6 +26,8 @@ async def index(request: web.Request) -> dict[str, Any]:
         "sessions": len(registry),
         "max_sessions": registry.max_sessions,
         "llm": f"{llm.name} · {llm.model}",
+        "key_configured": bool(request.app[CONFIG].engine.api_key),
+        "key_file": key_file_path(request.app[CONFIG]),
     }
 
 

@@ -8,6 +8,8 @@ task is cancelled before the handler returns, so no generation outlives its conn
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 from typing import Any
@@ -40,18 +42,30 @@ class Connection:
     def __init__(self, ws: web.WebSocketResponse, session_id: str) -> None:
         self.ws = ws
         self.session_id = session_id
+        self.conversation: Conversation | None = None
+        # Set when this connection has let go of its session (its reply stopped and stored).
+        self.released = asyncio.Event()
 
     async def send(self, message: dict[str, Any]) -> None:
         await self.ws.send_str(json.dumps(message, ensure_ascii=False))
 
     async def close(self, code: int, reason: str) -> None:
+        """Server-side close: end any reply (with ``interrupted``), say why, then close."""
         if self.ws.closed:
             return
-        try:
+        with contextlib.suppress(ConnectionError):
+            if self.conversation is not None:
+                await self.conversation.interrupt(reason="closing")
+            # The session's history is complete now; a taking-over connection may go on
+            # without waiting for this client to acknowledge the close.
+            self.released.set()
             await self.send(protocol.error(_CLOSE_ERRORS.get(code, "closed"), reason, fatal=True))
-        except ConnectionError:
-            pass
+        self.released.set()
         await self.ws.close(code=code, message=reason.encode())
+
+
+# How long a taking-over connection waits for the one it replaces to store its cut-off reply.
+TAKEOVER_WAIT_SECONDS = 5.0
 
 
 async def session_socket(request: web.Request) -> web.WebSocketResponse:
@@ -80,7 +94,7 @@ async def session_socket(request: web.Request) -> web.WebSocketResponse:
         return ws
 
     resumed = session.ever_connected
-    registry.attach(session, connection)
+    previous = session.socket
     conversation = Conversation(
         session,
         registry,
@@ -88,8 +102,15 @@ async def session_socket(request: web.Request) -> web.WebSocketResponse:
         connection.send,
         default_system_prompt=request.app[CONFIG].llm.default_system_prompt,
     )
+    connection.conversation = conversation
+    registry.attach(session, connection)
     log.info("socket connected (resumed=%s)", resumed, extra={"session_id": session_id})
     try:
+        if isinstance(previous, Connection):
+            # Let the replaced connection store its cut-off reply first, so the history we
+            # send is the whole story.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(previous.released.wait(), TAKEOVER_WAIT_SECONDS)
         await connection.send(_session_message(session, resumed))
         if not session.history:
             await conversation.greet()
@@ -102,6 +123,7 @@ async def session_socket(request: web.Request) -> web.WebSocketResponse:
         registry.detach(session, connection)
         log.info("socket closed (code=%s)", ws.close_code, extra={"session_id": session_id})
         await conversation.close()
+        connection.released.set()
         if not ws.closed:
             await ws.close()
     return ws
