@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncpg
 from aiohttp import web
 
+from .backplane import Backplane
 from .config import Config
 from .engine.llm.base import LLMBackend
 from .registry import SessionRegistry
+from .web.engine_client import EngineClient
 
 CONFIG = web.AppKey("config", Config)
 ROLE = web.AppKey("role", str)
@@ -14,3 +17,8 @@ REGISTRY = web.AppKey("registry", SessionRegistry)
 LLM = web.AppKey("llm", LLMBackend)
 # The service key in force: from config, or generated per start by the `all` role.
 ENGINE_API_KEY = web.AppKey("engine_api_key", str)
+# Web role (present in `web` and `all`).
+DB = web.AppKey("db", asyncpg.Pool)
+ENGINE_CLIENT = web.AppKey("engine_client", EngineClient)
+# Engine side: where finished turns go (absent when nothing persists them).
+BACKPLANE = web.AppKey("backplane", Backplane)

@@ -65,6 +65,9 @@ class EngineConfig:
     max_text_chars: int = 4000
     # How long ended/expired session ids are remembered to answer 4410/4408 instead of 4404.
     tombstone_seconds: float = 3600.0
+    # --role engine in a split deployment: the web role's base URL, where finished turns are
+    # posted (with api_key). Empty: transcripts are kept only in the engine's memory.
+    backplane_url: str = ""
 
 
 @dataclass
@@ -106,12 +109,24 @@ class TTSConfig:
 
 @dataclass
 class WebConfig:
-    """The web role (accounts, tutors, transcripts); its settings arrive with it."""
+    # Secret that signs account tokens (JWT, HS256). Required for --role web; `all` generates
+    # one on first start and keeps it in <state_dir>/jwt-secret so logins survive restarts.
+    jwt_secret: str = ""
+    access_token_seconds: float = 12 * 3600.0
+    allow_registration: bool = True
+    # --role web: base URLs of the engines, e.g. ["http://10.0.0.5:9000"] (comma-separated in
+    # the environment). They are called with engine.api_key.
+    engine_urls: list[str] = field(default_factory=list)
+    engine_timeout_seconds: float = 5.0
 
 
 @dataclass
 class DatabaseConfig:
-    """PostgreSQL; its settings arrive with the web role."""
+    # postgresql://user:pass@host/db. Empty: $DATABASE_URL, else an embedded PostgreSQL.
+    url: str = ""
+    # Data folder of the embedded PostgreSQL (used only when no URL is set).
+    data_dir: str = ".pgdata"
+    pool_max_size: int = 10
 
 
 @dataclass
@@ -146,6 +161,9 @@ def load_config(
         path = environ.get("TUTORSRV_CONFIG") or None
     if path is not None:
         _apply_file(config, Path(path))
+    # The conventional variable, honoured as database.url (TUTORSRV_DATABASE_URL wins).
+    if environ.get("DATABASE_URL"):
+        config.database.url = environ["DATABASE_URL"]
     _apply_environment(config, environ)
     for section, values in (overrides or {}).items():
         for key, value in values.items():
@@ -197,7 +215,13 @@ def _set(
     setattr(section_obj, key, _coerce(hints[key], value, source=source, from_text=from_text))
 
 
-def _coerce(kind: type, value: Any, *, source: str, from_text: bool) -> Any:
+def _coerce(kind: Any, value: Any, *, source: str, from_text: bool) -> Any:
+    if kind == list[str]:
+        if from_text:
+            return [item.strip() for item in str(value).split(",") if item.strip()]
+        if isinstance(value, list) and all(isinstance(item, str) for item in value):
+            return list(value)
+        raise ConfigError(f"{source}: expected a list of strings, got {value!r}")
     if from_text:
         text = str(value).strip()
         if kind is bool:
@@ -259,6 +283,20 @@ def validate(config: Config) -> None:
         raise ConfigError("engine.token_secret: too short; use at least 32 random characters")
     if e.api_key and len(e.api_key) < 16:
         raise ConfigError("engine.api_key: too short; use at least 16 random characters")
+    w, d = config.web, config.database
+    if w.jwt_secret and len(w.jwt_secret) < 32:
+        raise ConfigError("web.jwt_secret: too short; use at least 32 random characters")
+    _positive("web.access_token_seconds", w.access_token_seconds)
+    _positive("web.engine_timeout_seconds", w.engine_timeout_seconds)
+    for url in [*w.engine_urls, *([e.backplane_url] if e.backplane_url else [])]:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigError(
+                f"web.engine_urls / engine.backplane_url: {url!r} is not an http(s) URL"
+            )
+    if d.url and urlsplit(d.url).scheme not in ("postgresql", "postgres"):
+        raise ConfigError("database.url: must start with postgresql://")
+    _positive("database.pool_max_size", d.pool_max_size)
     if m.backend in LLM_BACKENDS_PLANNED:
         raise ConfigError(
             f"llm.backend: {m.backend!r} is not available yet in this version "

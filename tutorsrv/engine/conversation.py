@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from typing import Any
 
+from ..backplane import TurnRecord
 from ..registry import Message, Session, SessionRegistry, now_iso
 from . import protocol
 from .llm.base import ChatMessage, GenerationStats, LLMBackend
@@ -40,12 +41,16 @@ class Conversation:
         send: Send,
         *,
         default_system_prompt: str,
+        record_turn: Callable[[TurnRecord], None] | None = None,
     ) -> None:
         self.session = session
         self.registry = registry
         self.llm = llm
         self.send = send
         self.default_system_prompt = default_system_prompt
+        self.record_turn = record_turn
+        # The student message the response in progress answers (None for the greeting).
+        self._answering: Message | None = None
         self._task: asyncio.Task[None] | None = None
         self._response_id: str | None = None
         # Set once a response has finished generating and is only reporting; interrupting
@@ -56,7 +61,8 @@ class Conversation:
         """A student turn: stop whatever is being said, record the turn, answer it."""
         await self.interrupt(reason="new_turn")
         turn_started = time.monotonic()
-        self.session.history.append(Message("user", content, now_iso()))
+        self._answering = Message("user", content, now_iso())
+        self.session.history.append(self._answering)
         self.registry.touch(self.session)
         stats = GenerationStats()
         self._start(self.llm.stream(self._prompt(), stats), stats, turn_started)
@@ -64,6 +70,7 @@ class Conversation:
     async def greet(self) -> None:
         greeting = self.session.tutor.greeting.strip()
         if greeting:
+            self._answering = None
             self._start(_fixed_pieces(greeting), GenerationStats(), time.monotonic())
 
     async def interrupt(self, reason: str = "interrupt") -> bool:
@@ -129,15 +136,30 @@ class Conversation:
                     )
                     self.registry.touch(self.session)
         except asyncio.CancelledError:
-            self._record(response_id, parts, interrupted=True)
+            self._record(
+                response_id,
+                parts,
+                interrupted=True,
+                metrics=_metrics(stats, parts, turn_started, first_piece_at),
+            )
             raise
         except ConnectionError:
             # The socket went away under us; the connection's owner is cleaning up.
-            self._record(response_id, parts, interrupted=True)
+            self._record(
+                response_id,
+                parts,
+                interrupted=True,
+                metrics=_metrics(stats, parts, turn_started, first_piece_at),
+            )
             return
         except Exception as exc:
             log.exception("generation failed", extra={"session_id": self.session.id})
-            self._record(response_id, parts, interrupted=True)
+            self._record(
+                response_id,
+                parts,
+                interrupted=True,
+                metrics=_metrics(stats, parts, turn_started, first_piece_at),
+            )
             self._finishing = True
             failure = f"the language model failed: {type(exc).__name__}"
             with contextlib.suppress(ConnectionError):
@@ -148,19 +170,8 @@ class Conversation:
             return
 
         self._finishing = True
-        finished = time.monotonic()
-        message = self._record(response_id, parts, interrupted=False)
-        tokens = stats.completion_tokens or len(parts)
-        generating = finished - first_piece_at if first_piece_at is not None else 0.0
-        metrics: dict[str, Any] = {
-            "ttft_ms": _ms(first_piece_at - turn_started) if first_piece_at is not None else None,
-            "duration_ms": _ms(finished - turn_started),
-            "tokens": tokens,
-            "tokens_per_s": round(tokens / generating, 1) if generating > 0 else None,
-            "prompt_tokens": stats.prompt_tokens,
-            "cached_prompt_tokens": stats.cached_prompt_tokens,
-            "trimmed_messages": stats.trimmed_messages,
-        }
+        metrics = _metrics(stats, parts, turn_started, first_piece_at)
+        message = self._record(response_id, parts, interrupted=False, metrics=metrics)
         # A socket that went away after the reply was complete loses nothing: history has it.
         with contextlib.suppress(ConnectionError):
             await self._report(message, response_id, metrics)
@@ -177,11 +188,33 @@ class Conversation:
         )
         await self.send({"type": "response_done", "response_id": response_id, "metrics": metrics})
 
-    def _record(self, response_id: str, parts: list[str], *, interrupted: bool) -> Message:
+    def _record(
+        self,
+        response_id: str,
+        parts: list[str],
+        *,
+        interrupted: bool,
+        metrics: dict[str, Any] | None = None,
+    ) -> Message:
         message = Message("assistant", "".join(parts).strip(), now_iso(), response_id, interrupted)
-        # An interrupted reply keeps what was produced; an empty one is not worth a turn.
+        # An interrupted reply keeps what was produced; an empty one still goes to the
+        # transcript (the student's words count) but not into the model's history.
         if message.content or not interrupted:
             self.session.history.append(message)
+        if self.record_turn is not None:
+            student = self._answering
+            self.record_turn(
+                TurnRecord(
+                    session_id=self.session.id,
+                    response_id=response_id,
+                    reply_text=message.content,
+                    reply_at=message.timestamp,
+                    interrupted=interrupted,
+                    student_text=student.content if student else None,
+                    student_at=student.timestamp if student else None,
+                    metrics=metrics or {},
+                )
+            )
         return message
 
 
@@ -189,6 +222,23 @@ async def _fixed_pieces(text: str) -> AsyncIterator[str]:
     for piece in _WORD.findall(text):
         await asyncio.sleep(0)
         yield piece
+
+
+def _metrics(
+    stats: GenerationStats, parts: list[str], turn_started: float, first_piece_at: float | None
+) -> dict[str, Any]:
+    finished = time.monotonic()
+    tokens = stats.completion_tokens or len(parts)
+    generating = finished - first_piece_at if first_piece_at is not None else 0.0
+    return {
+        "ttft_ms": _ms(first_piece_at - turn_started) if first_piece_at is not None else None,
+        "duration_ms": _ms(finished - turn_started),
+        "tokens": tokens,
+        "tokens_per_s": round(tokens / generating, 1) if generating > 0 else None,
+        "prompt_tokens": stats.prompt_tokens,
+        "cached_prompt_tokens": stats.cached_prompt_tokens,
+        "trimmed_messages": stats.trimmed_messages,
+    }
 
 
 def _ms(seconds: float) -> float:

@@ -4,7 +4,6 @@ holding the engine's service key) may use. Reference: docs/api.md."""
 from __future__ import annotations
 
 import hmac
-import json
 from typing import Any
 
 from aiohttp import web
@@ -13,6 +12,7 @@ from .. import __version__
 from ..appkeys import CONFIG, ENGINE_API_KEY, LLM, REGISTRY, ROLE
 from ..http_errors import APIError, Handler
 from ..registry import CapacityError, TutorProfile, iso
+from ..validation import json_body
 from .public_url import engine_url, websocket_base
 
 MAX_ID_CHARS = 128
@@ -60,7 +60,7 @@ async def require_service_key(request: web.Request, handler: Handler) -> web.Str
 
 
 async def create_session(request: web.Request) -> web.Response:
-    body = await _json_object(request)
+    body = await json_body(request)
     unknown = set(body) - {"tutor_id", "student_id", "kb_id", "tutor"}
     if unknown:
         field = sorted(unknown)[0]
@@ -129,20 +129,6 @@ def session_api() -> web.Application:
     v1.router.add_get("/sessions/{session_id}", get_session)
     v1.router.add_delete("/sessions/{session_id}", delete_session)
     return v1
-
-
-async def _json_object(request: web.Request) -> dict[str, Any]:
-    if request.content_type != "application/json":
-        raise APIError(415, "unsupported_media_type", "send the body as application/json")
-    try:
-        body = await request.json()
-    except json.JSONDecodeError:
-        raise APIError(400, "invalid_json", "the request body is not valid JSON") from None
-    except UnicodeDecodeError:
-        raise APIError(400, "invalid_json", "the request body is not UTF-8") from None
-    if not isinstance(body, dict):
-        raise APIError(400, "invalid_json", "the request body must be a JSON object")
-    return body
 
 
 def _identifier(body: dict[str, Any], key: str, *, required: bool) -> str | None:

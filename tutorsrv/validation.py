@@ -1,0 +1,89 @@
+"""Reading and checking JSON request bodies, with errors that name the field."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from aiohttp import web
+
+from .http_errors import APIError
+
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+async def json_body(request: web.Request) -> dict[str, Any]:
+    if request.content_type != "application/json":
+        raise APIError(415, "unsupported_media_type", "send the body as application/json")
+    try:
+        body = await request.json()
+    except json.JSONDecodeError:
+        raise APIError(400, "invalid_json", "the request body is not valid JSON") from None
+    except UnicodeDecodeError:
+        raise APIError(400, "invalid_json", "the request body is not UTF-8") from None
+    if not isinstance(body, dict):
+        raise APIError(400, "invalid_json", "the request body must be a JSON object")
+    return body
+
+
+def only_fields(body: dict[str, Any], allowed: Iterable[str], prefix: str = "") -> None:
+    unknown = sorted(set(body) - set(allowed))
+    if unknown:
+        field = prefix + unknown[0]
+        raise APIError(422, "unknown_field", f"unknown field '{field}'", field=field)
+
+
+def text(
+    body: dict[str, Any],
+    key: str,
+    *,
+    required: bool = False,
+    max_len: int = 200,
+    min_len: int = 0,
+    nullable: bool = False,
+    field: str | None = None,
+) -> str | None:
+    """A string field, stripped; None when absent (or null, where ``nullable``)."""
+    name = field or key
+    if key not in body or (body[key] is None and nullable):
+        if required:
+            raise APIError(422, "missing_field", f"'{name}' is required", field=name)
+        return None
+    value = body[key]
+    if not isinstance(value, str):
+        raise APIError(422, "invalid_field", f"'{name}' must be a string", field=name)
+    value = value.strip()
+    if required and not value:
+        raise APIError(422, "invalid_field", f"'{name}' must not be empty", field=name)
+    if len(value) > max_len:
+        raise APIError(
+            422, "invalid_field", f"'{name}' is longer than {max_len} characters", field=name
+        )
+    if len(value) < min_len:
+        raise APIError(
+            422, "invalid_field", f"'{name}' needs at least {min_len} characters", field=name
+        )
+    return value
+
+
+def email(body: dict[str, Any], key: str = "email", *, required: bool = True) -> str | None:
+    value = text(body, key, required=required, max_len=254)
+    if value is not None and not _EMAIL.match(value):
+        raise APIError(422, "invalid_field", f"'{key}' is not an email address", field=key)
+    return value.lower() if value is not None else None
+
+
+def password(body: dict[str, Any], key: str = "password", *, required: bool = True) -> str | None:
+    value = body.get(key)
+    if value is None:
+        if required:
+            raise APIError(422, "missing_field", f"'{key}' is required", field=key)
+        return None
+    if not isinstance(value, str):
+        raise APIError(422, "invalid_field", f"'{key}' must be a string", field=key)
+    # Passwords are not stripped: spaces are characters like any other.
+    if not 8 <= len(value) <= 256:
+        raise APIError(422, "invalid_field", f"'{key}' must be 8 to 256 characters", field=key)
+    return value

@@ -1,0 +1,1 @@
+"""The web role: accounts, tenants, tutors, students, sessions and transcripts (PostgreSQL)."""

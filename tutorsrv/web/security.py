@@ -1,0 +1,135 @@
+"""Passwords (argon2id) and account tokens (JWT, HS256 pinned, expiry required).
+
+A token says who is calling (``sub``), as what (``role``: admin or student) and for which
+tenant (``tid``, the admin's id). Handlers read the ``Principal`` that the ``authenticate``
+middleware puts on the request; every query is then scoped by ``principal.tenant_id``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Literal
+
+import jwt
+from aiohttp import web
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from ..http_errors import APIError, Handler
+
+ALGORITHM = "HS256"
+AUDIENCE = "tutorsrv-web"
+Role = Literal["admin", "student"]
+
+_hasher = PasswordHasher()
+# Verified against when the account does not exist, so that "no such user" and "wrong
+# password" take the same time and cannot be told apart.
+_DUMMY_HASH = _hasher.hash("tutorsrv-no-such-account")
+
+
+async def hash_password(password: str) -> str:
+    # argon2 is deliberately slow; keep it off the event loop.
+    return await asyncio.to_thread(_hasher.hash, password)
+
+
+async def verify_password(stored_hash: str | None, password: str) -> bool:
+    def check() -> bool:
+        try:
+            return _hasher.verify(stored_hash or _DUMMY_HASH, password) and stored_hash is not None
+        except (VerificationError, InvalidHashError):
+            return False
+
+    return await asyncio.to_thread(check)
+
+
+@dataclass(frozen=True)
+class Principal:
+    user_id: uuid.UUID
+    role: Role
+    tenant_id: uuid.UUID  # the admin who owns everything this caller may see
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+PRINCIPAL = web.RequestKey("principal", Principal)
+
+
+class AccountTokens:
+    def __init__(self, secret: str, lifetime_seconds: float) -> None:
+        self._secret = secret
+        self.lifetime = int(lifetime_seconds)
+
+    def issue(self, principal: Principal) -> str:
+        now = int(time.time())
+        claims = {
+            "sub": str(principal.user_id),
+            "role": principal.role,
+            "tid": str(principal.tenant_id),
+            "aud": AUDIENCE,
+            "iat": now,
+            "exp": now + self.lifetime,
+        }
+        return jwt.encode(claims, self._secret, algorithm=ALGORITHM)
+
+    def verify(self, token: str) -> Principal:
+        try:
+            claims = jwt.decode(
+                token,
+                self._secret,
+                algorithms=[ALGORITHM],
+                audience=AUDIENCE,
+                options={"require": ["exp", "sub", "role", "tid", "aud"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise APIError(
+                401, "token_expired", "the access token has expired; log in again"
+            ) from None
+        except jwt.InvalidTokenError:
+            raise APIError(401, "invalid_token", "the access token is invalid") from None
+        try:
+            role = claims["role"]
+            if role not in ("admin", "student"):
+                raise ValueError(role)
+            return Principal(uuid.UUID(claims["sub"]), role, uuid.UUID(claims["tid"]))
+        except (ValueError, TypeError):
+            raise APIError(401, "invalid_token", "the access token is invalid") from None
+
+
+ACCOUNT_TOKENS = web.AppKey("account_tokens", AccountTokens)
+
+
+def make_authenticate(public_paths: frozenset[str]) -> object:
+    """Middleware: /api/* needs a valid bearer token, except the paths in ``public_paths``."""
+
+    @web.middleware
+    async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not request.path.startswith("/api/") or request.path in public_paths:
+            return await handler(request)
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise APIError(
+                401,
+                "not_authenticated",
+                "log in and send 'Authorization: Bearer <access_token>'",
+                headers={"WWW-Authenticate": 'Bearer realm="tutorsrv"'},
+            )
+        request[PRINCIPAL] = request.app[ACCOUNT_TOKENS].verify(token.strip())
+        return await handler(request)
+
+    return authenticate
+
+
+def principal(request: web.Request) -> Principal:
+    return request[PRINCIPAL]  # type: ignore[return-value]
+
+
+def require_admin(request: web.Request) -> Principal:
+    who = principal(request)
+    if not who.is_admin:
+        raise APIError(403, "admin_only", "only the organisation's admin may do this")
+    return who
