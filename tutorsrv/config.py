@@ -82,9 +82,10 @@ class LLMConfig:
     temperature: float = 0.6
     top_p: float = 0.9
     seed: int = -1
-    # Bytes of saved prompt states (KV caches) kept in RAM so that several conversations
-    # sharing one model each resume from their own prefix. 0 disables it.
-    prompt_cache_bytes: int = 256 * 1024 * 1024
+    # Bytes of saved prompt states kept in RAM so that several conversations sharing one
+    # model each resume from their own prefix. 0 (default) disables it. Real memory use is far
+    # above this figure (see docs/configuration.md); one conversation never needs it.
+    prompt_cache_bytes: int = 0
     # Used when a tutor brings no system prompt of its own.
     default_system_prompt: str = (
         "You are a friendly, patient tutor. Answer in short, clear sentences "

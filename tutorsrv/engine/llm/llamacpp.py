@@ -8,10 +8,16 @@ worker to stop when the consumer goes away (interrupt, new turn, disconnect).
 Prompt reuse, two layers:
 - llama.cpp keeps the KV cache of the last prompt, and ``Llama.generate`` re-evaluates only the
   part after the longest common prefix. One growing conversation therefore reads only its new
-  turn each time.
-- With several conversations on one model they overwrite each other's KV cache, so a
-  ``LlamaRAMCache`` keeps saved states keyed by token prefix; each conversation resumes from
-  its own. ``bench/llm_conversation.py`` measures both.
+  turn each time. Always on.
+- With several conversations on one model they overwrite each other's KV cache. An optional
+  ``LlamaRAMCache`` (``llm.prompt_cache_bytes``) keeps saved states keyed by token prefix, so
+  each conversation resumes from its own. Off by default: llama-cpp-python counts only the KV
+  state against the capacity, but each saved state also copies the logits buffer (about 96 MiB
+  with this vocabulary), and saving costs 0.2-0.35 s after every reply. ``bench/
+  llm_conversation.py`` measures all three situations.
+
+Known limit: the stop flag is checked between output tokens, so an interrupt that arrives
+during prompt evaluation takes effect when evaluation ends.
 """
 
 from __future__ import annotations
@@ -125,7 +131,8 @@ class LlamaCppBackend:
         log.info("llama.cpp model loaded: %s (n_ctx=%d)", path.name, self.n_ctx)
 
     async def close(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        # Waiting for the worker may take as long as one decode step; not on the loop.
+        await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
         llama, self._llama = self._llama, None
         if llama is not None:
             llama.close()
@@ -247,4 +254,5 @@ class LlamaCppBackend:
                 best = max(best, Llama.longest_token_prefix(state.input_ids.tolist(), tokens))
             except KeyError:
                 pass
-        return best
+        # llama.cpp re-evaluates the last prompt token even on a full hit, to get fresh logits.
+        return min(best, len(tokens) - 1)
