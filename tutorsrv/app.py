@@ -1,11 +1,14 @@
 """Role wiring: which routes and resources one process runs.
 
 - ``engine``: health, the session API (/v1, service key) and the session WebSocket.
-- ``all``: the engine plus the browser pages, on one port (the laptop / single-box default).
-- ``web``: accounts, tutors and transcripts; not in this version yet.
+- ``web``: accounts, tutors, students, sessions and transcripts in PostgreSQL (/api), the
+  engines' transcript intake (/internal/v1, service key), the pages.
+- ``all``: both in one process on one port (the laptop / single-box default); the web part
+  reaches the engine in-process and turns go straight to the database.
 
-Long-lived resources (the model, the reaper task) are ``cleanup_ctx`` generators: they start
-before the port opens and stop, in reverse order, after it closes.
+Long-lived resources (database, model, worker tasks) are ``cleanup_ctx`` generators: they
+start before the port serves and stop, in reverse order, after it closes, so the database
+starts first and stops last.
 """
 
 from __future__ import annotations
@@ -22,14 +25,21 @@ import jinja2
 from aiohttp import web
 
 from . import pages
-from .appkeys import CONFIG, ENGINE_API_KEY, LLM, REGISTRY, ROLE
+from .appkeys import BACKPLANE, CONFIG, DB, ENGINE_API_KEY, ENGINE_CLIENT, LLM, REGISTRY, ROLE
+from .backplane import Backplane, HttpTurnDelivery, TurnRecord
 from .config import Config, ConfigError, key_file_path
 from .engine import routes as engine_routes
 from .engine.llm import create_backend
 from .engine.public_url import WEBSOCKET_PATH
 from .engine.websocket import session_socket
+from .health import health
 from .http_errors import json_errors
 from .registry import SessionRegistry, TokenSigner
+from .web.db import database_errors, open_database
+from .web.engine_client import HttpEngineClient, InProcessEngineClient
+from .web.routes import auth, internal, sessions, students, tutors
+from .web.security import ACCOUNT_TOKENS, AccountTokens, make_authenticate
+from .web.transcripts import store_turn
 
 log = logging.getLogger(__name__)
 
@@ -39,24 +49,54 @@ STATIC = ROOT / "static"
 DEFAULT_PORTS = {"engine": 9000, "web": 8000, "all": 8000}
 # Request bodies of the JSON API are small; anything bigger is refused with 413.
 MAX_REQUEST_BYTES = 256 * 1024
-
-
-class RoleUnavailable(Exception):
-    pass
+# How long a stopping engine waits for queued transcript turns to be delivered.
+TRANSCRIPT_FLUSH_SECONDS = 10.0
 
 
 def create_app(config: Config, role: str) -> web.Application:
-    if role == "web":
-        raise RoleUnavailable(
-            "the web role is not available yet in this version; run --role engine or --role all"
-        )
-    if role not in ("engine", "all"):
+    if role not in ("web", "engine", "all"):
         raise ConfigError(f"--role: {role!r} is not one of web, engine, all")
+    runs_web = role in ("web", "all")
+    runs_engine = role in ("engine", "all")
 
-    app = web.Application(middlewares=[json_errors], client_max_size=MAX_REQUEST_BYTES)
+    middlewares = [json_errors]
+    if runs_web:
+        middlewares += [database_errors, make_authenticate(auth.PUBLIC_PATHS)]
+    app = web.Application(middlewares=middlewares, client_max_size=MAX_REQUEST_BYTES)
     app[CONFIG] = config
     app[ROLE] = role
     app[ENGINE_API_KEY] = _engine_api_key(config, role)
+    if runs_web:
+        _setup_web(app, config, role)
+    if runs_engine:
+        _setup_engine(app, config, role)
+    app.router.add_get("/health", health)
+    if role == "all":
+        app.cleanup_ctx.append(_key_file_ctx)
+    if runs_web:
+        aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True)
+        pages.setup(app)
+        app.router.add_static("/static", STATIC, name="static")
+    return app
+
+
+def _setup_web(app: web.Application, config: Config, role: str) -> None:
+    if role == "web" and not config.web.engine_urls:
+        raise ConfigError(
+            "web.engine_urls: the web role needs at least one engine "
+            "(e.g. TUTORSRV_WEB_ENGINE_URLS=http://engine-host:9000)"
+        )
+    app[ACCOUNT_TOKENS] = AccountTokens(_jwt_secret(config, role), config.web.access_token_seconds)
+    app.cleanup_ctx.append(_database_ctx)
+    app.cleanup_ctx.append(_engine_client_ctx)
+    auth.add_routes(app)
+    tutors.add_routes(app)
+    students.add_routes(app)
+    sessions.add_routes(app)
+    app.add_subapp("/internal/v1", internal.internal_api())
+
+
+def _setup_engine(app: web.Application, config: Config, role: str) -> None:
     app[REGISTRY] = SessionRegistry(
         max_sessions=config.engine.max_sessions,
         idle_timeout=config.engine.session_timeout_seconds,
@@ -65,29 +105,20 @@ def create_app(config: Config, role: str) -> web.Application:
         tombstone_seconds=config.engine.tombstone_seconds,
     )
     app[LLM] = create_backend(config.llm)
+    app.cleanup_ctx.append(_backplane_ctx)
     app.cleanup_ctx.append(_llm_ctx)
     app.cleanup_ctx.append(_reaper_ctx)
-    if role == "all":
-        app.cleanup_ctx.append(_key_file_ctx)
     app.on_shutdown.append(_close_sockets)
-
-    app.router.add_get("/health", engine_routes.health)
     app.add_subapp("/v1", engine_routes.session_api())
     app.router.add_get(WEBSOCKET_PATH, session_socket)
-
-    if role == "all":
-        aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True)
-        pages.setup(app)
-        app.router.add_static("/static", STATIC, name="static")
-    return app
 
 
 def _engine_api_key(config: Config, role: str) -> str:
     if config.engine.api_key:
         return config.engine.api_key
-    if role == "engine":
+    if role in ("engine", "web"):
         raise ConfigError(
-            "engine.api_key: the engine role needs a service key "
+            f"engine.api_key: the {role} role needs the service key shared by web and engines "
             "(set TUTORSRV_ENGINE_API_KEY or [engine] api_key; e.g. `openssl rand -hex 32`)"
         )
     # `all`: a fresh key per start, never logged; _key_file_ctx publishes it.
@@ -141,3 +172,74 @@ async def _reaper_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _close_sockets(app: web.Application) -> None:
     await app[REGISTRY].close_all(1001, "server shutting down")
+
+
+def _jwt_secret(config: Config, role: str) -> str:
+    if config.web.jwt_secret:
+        return config.web.jwt_secret
+    if role == "web":
+        raise ConfigError(
+            "web.jwt_secret: the web role needs a secret for account tokens "
+            "(set TUTORSRV_WEB_JWT_SECRET to 32+ random characters; e.g. `openssl rand -hex 32`)"
+        )
+    # `all`: generated once and kept, so logins survive a restart of the single box.
+    path = Path(config.server.state_dir) / "jwt-secret"
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(48)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
+    return secret
+
+
+async def _database_ctx(app: web.Application) -> AsyncIterator[None]:
+    async with open_database(app[CONFIG].database) as pool:
+        app[DB] = pool
+        yield
+
+
+async def _engine_client_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    if app[ROLE] == "all":
+        client = InProcessEngineClient(app[REGISTRY], config)
+    else:
+        client = HttpEngineClient(
+            config.web.engine_urls, app[ENGINE_API_KEY], config.web.engine_timeout_seconds
+        )
+    app[ENGINE_CLIENT] = client
+    try:
+        yield
+    finally:
+        await client.close()
+
+
+async def _backplane_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Where the engine's finished turns go: the database (all), the web role (engine with
+    engine.backplane_url), or nowhere (engine alone: history lives in memory only)."""
+    config = app[CONFIG]
+    http_delivery = None
+    if app[ROLE] == "all":
+
+        async def deliver(turn: TurnRecord) -> None:
+            await store_turn(app[DB], turn)
+
+    elif config.engine.backplane_url:
+        http_delivery = deliver = HttpTurnDelivery(config.engine.backplane_url, app[ENGINE_API_KEY])
+    else:
+        log.info("engine.backplane_url not set: transcripts are not persisted")
+        yield
+        return
+    backplane = Backplane(deliver)
+    app[BACKPLANE] = backplane
+    worker = asyncio.create_task(backplane.run(), name="transcript-delivery")
+    try:
+        yield
+    finally:
+        if not await backplane.flush(TRANSCRIPT_FLUSH_SECONDS):
+            log.error("stopping with %d transcript turns undelivered", backplane.pending)
+        worker.cancel()
+        await asyncio.gather(worker, return_exceptions=True)
+        if http_delivery is not None:
+            await http_delivery.close()

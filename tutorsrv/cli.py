@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import socket
 import sys
@@ -11,10 +12,11 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from . import __version__
-from .app import DEFAULT_PORTS, RoleUnavailable, create_app
+from .app import DEFAULT_PORTS, create_app
 from .config import ROLES, ConfigError, load_config
 from .engine.llm.base import LLMLoadError
 from .logs import setup_logging
+from .web.db import DatabaseUnavailable, open_database
 
 log = logging.getLogger("tutorsrv")
 
@@ -28,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--host", help="address to bind (default: server.host, 127.0.0.1)")
     run.add_argument("--port", type=int, help="port (default: 9000 for engine, 8000 otherwise)")
     run.add_argument("--config", help="TOML config file (default: $TUTORSRV_CONFIG, else none)")
+    migrate = commands.add_parser("migrate", help="apply database migrations and exit")
+    migrate.add_argument("--config", help="TOML config file (default: $TUTORSRV_CONFIG, else none)")
     return parser
 
 
@@ -35,7 +39,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "run":
         return run(args)
+    if args.command == "migrate":
+        return migrate(args)
     return 2
+
+
+def migrate(args: argparse.Namespace) -> int:
+    """Apply pending migrations (opening the database does it) and exit."""
+    try:
+        config = load_config(args.config)
+    except ConfigError as e:
+        print(f"tutorsrv: configuration error: {e}", file=sys.stderr)
+        return 2
+    setup_logging(config.server.log_level)
+
+    async def apply() -> None:
+        async with open_database(config.database):
+            pass
+
+    try:
+        asyncio.run(apply())
+    except DatabaseUnavailable as e:
+        print(f"tutorsrv: {e}", file=sys.stderr)
+        return 3
+    print("tutorsrv: database is up to date")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         return 3
     try:
         app = create_app(config, args.role)
-    except (ConfigError, RoleUnavailable) as e:
+    except ConfigError as e:
         sock.close()
         print(f"tutorsrv: {e}", file=sys.stderr)
         return 2
@@ -73,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
             access_log=None,
             print=lambda text: log.info(text.strip().replace("\n", " ")),
         )
-    except LLMLoadError as e:
+    except (LLMLoadError, DatabaseUnavailable) as e:
         print(f"tutorsrv: cannot start: {e}", file=sys.stderr)
         return 3
     return 0

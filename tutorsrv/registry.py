@@ -130,7 +130,10 @@ def iso(wall_seconds: float) -> str:
 
 
 def now_iso() -> str:
-    return iso(time.time())
+    """Now, to the millisecond: turn timestamps are also latency evidence."""
+    return (
+        datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    )
 
 
 class TokenSigner:

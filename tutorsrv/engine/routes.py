@@ -8,8 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .. import __version__
-from ..appkeys import CONFIG, ENGINE_API_KEY, LLM, REGISTRY, ROLE
+from ..appkeys import CONFIG, ENGINE_API_KEY, REGISTRY
 from ..http_errors import APIError, Handler
 from ..registry import CapacityError, TutorProfile, iso
 from ..validation import json_body
@@ -23,22 +22,6 @@ TUTOR_FIELDS: dict[str, int] = {
     "voice": 200,
     "language": 32,
 }
-
-
-async def health(request: web.Request) -> web.Response:
-    registry = request.app[REGISTRY]
-    llm = request.app[LLM]
-    return web.json_response(
-        {
-            "status": "healthy",
-            "service": "tutorsrv-engine",
-            "version": __version__,
-            "role": request.app[ROLE],
-            "sessions": len(registry),
-            "max_sessions": registry.max_sessions,
-            "llm": {"backend": llm.name, "model": llm.model, "ready": True},
-        }
-    )
 
 
 @web.middleware

@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from ..appkeys import CONFIG, LLM, REGISTRY
+from ..appkeys import BACKPLANE, CONFIG, LLM, REGISTRY
 from ..registry import Session, TokenError, iso
 from . import protocol
 from .conversation import Conversation
@@ -101,6 +101,7 @@ async def session_socket(request: web.Request) -> web.WebSocketResponse:
         request.app[LLM],
         connection.send,
         default_system_prompt=request.app[CONFIG].llm.default_system_prompt,
+        record_turn=backplane.submit if (backplane := request.app.get(BACKPLANE)) else None,
     )
     connection.conversation = conversation
     registry.attach(session, connection)

@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+from aiohttp import web
 
 from ..config import DatabaseConfig
+from ..http_errors import APIError, Handler
 from .migrations import apply_migrations
 
 log = logging.getLogger(__name__)
@@ -71,3 +73,29 @@ async def open_database(config: DatabaseConfig) -> AsyncIterator[asyncpg.Pool]:
         if server is not None:
             await asyncio.to_thread(server.cleanup)
             log.info("embedded PostgreSQL stopped")
+
+
+# What a stopped or unreachable database looks like from a handler.
+_CONNECTION_ERRORS = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+)
+
+
+@web.middleware
+async def database_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A database that is down answers 503 with a clear message; nothing is half-written
+    (each request's statements are single statements or run in a transaction)."""
+    try:
+        return await handler(request)
+    except _CONNECTION_ERRORS as e:
+        log.warning("database unavailable during %s %s: %s", request.method, request.path, e)
+        raise APIError(
+            503,
+            "database_unavailable",
+            "the database is not reachable; try again shortly",
+            headers={"Retry-After": "5"},
+        ) from None

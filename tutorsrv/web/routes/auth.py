@@ -44,7 +44,9 @@ async def register(request: web.Request) -> web.Response:
             password_hash,
         )
     except asyncpg.UniqueViolationError:
-        raise APIError(409, "email_taken", "an account with this email exists", field="email")
+        raise APIError(
+            409, "email_taken", "an account with this email exists", field="email"
+        ) from None
     return _token_response(request, Principal(row["id"], "admin", row["id"]), status=201)
 
 

@@ -22,7 +22,9 @@ FIELDS: dict[str, tuple[int, bool]] = {
     "voice": (200, False),
     "model": (200, False),
 }
-COLUMNS = "id, name, subject, system_prompt, greeting, language, voice, model, created_at, updated_at"
+COLUMNS = (
+    "id, name, subject, system_prompt, greeting, language, voice, model, created_at, updated_at"
+)
 
 
 def _read(body: dict[str, Any], *, partial: bool) -> dict[str, Any]:

@@ -1,0 +1,45 @@
+"""GET /health for every role: what this process runs and whether its parts answer."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+
+from . import __version__
+from .appkeys import DB, ENGINE_CLIENT, LLM, REGISTRY, ROLE
+
+SERVICES = {"engine": "tutorsrv-engine", "web": "tutorsrv-web", "all": "tutorsrv"}
+
+
+async def health(request: web.Request) -> web.Response:
+    app = request.app
+    role = app[ROLE]
+    body: dict[str, Any] = {
+        "status": "healthy",
+        "service": SERVICES[role],
+        "version": __version__,
+        "role": role,
+    }
+    healthy = True
+    if REGISTRY in app:
+        registry, llm = app[REGISTRY], app[LLM]
+        body["sessions"] = len(registry)
+        body["max_sessions"] = registry.max_sessions
+        body["llm"] = {"backend": llm.name, "model": llm.model, "ready": True}
+    if DB in app:
+        try:
+            async with asyncio.timeout(2):
+                await app[DB].fetchval("SELECT 1")
+            body["database"] = "ok"
+        except Exception:
+            body["database"] = "unavailable"
+            healthy = False
+    if role == "web" and ENGINE_CLIENT in app:
+        engines = await app[ENGINE_CLIENT].health()
+        body["engines"] = engines
+        healthy = healthy and any(e["status"] == "healthy" for e in engines)
+    if not healthy:
+        body["status"] = "degraded"
+    return web.json_response(body, status=200 if healthy else 503)

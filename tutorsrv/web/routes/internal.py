@@ -1,0 +1,51 @@
+"""/internal/v1: what engines call on the web role (the HTTP Backplane), with the service key."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from ... import validation as v
+from ...appkeys import DB
+from ...backplane import TurnRecord
+from ...engine.routes import require_service_key
+from ...http_errors import APIError
+from ..transcripts import store_turn
+
+MAX_TEXT = 100_000
+
+
+def _turn(body: dict[str, Any]) -> TurnRecord:
+    v.only_fields(body, TurnRecord.__dataclass_fields__)
+    metrics = body.get("metrics", {})
+    if not isinstance(metrics, dict):
+        raise APIError(422, "invalid_field", "'metrics' must be an object", field="metrics")
+    interrupted = body.get("interrupted", False)
+    if not isinstance(interrupted, bool):
+        raise APIError(422, "invalid_field", "'interrupted' must be a boolean", field="interrupted")
+    return TurnRecord(
+        session_id=v.text(body, "session_id", required=True, max_len=64),  # type: ignore[arg-type]
+        response_id=v.text(body, "response_id", required=True, max_len=64),  # type: ignore[arg-type]
+        reply_text=v.text(body, "reply_text", max_len=MAX_TEXT) or "",
+        reply_at=v.text(body, "reply_at", required=True, max_len=40),  # type: ignore[arg-type]
+        interrupted=interrupted,
+        student_text=v.text(body, "student_text", max_len=MAX_TEXT, nullable=True),
+        student_at=v.text(body, "student_at", max_len=40, nullable=True),
+        metrics=metrics,
+    )
+
+
+async def post_turn(request: web.Request) -> web.Response:
+    turn = _turn(await v.json_body(request))
+    try:
+        stored = await store_turn(request.config_dict[DB], turn)
+    except ValueError:
+        raise APIError(422, "invalid_field", "timestamps must be ISO 8601") from None
+    return web.json_response({"stored": stored}, status=201 if stored else 200)
+
+
+def internal_api() -> web.Application:
+    internal = web.Application(middlewares=[require_service_key])
+    internal.router.add_post("/turns", post_turn)
+    return internal

@@ -1,0 +1,187 @@
+"""Sessions: start one on an engine, list them, read transcripts, end them.
+
+Admins act for any student of theirs; a student acts only for itself and only with its own
+admin's tutors. Another tenant's ids answer 404 exactly as missing ones do.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from aiohttp import web
+
+from ... import validation as v
+from ...appkeys import DB, ENGINE_CLIENT
+from ...http_errors import APIError
+from ...registry import TutorProfile
+from ..engine_client import EngineUnavailable
+from ..security import Principal, principal
+from ..transcripts import session_messages
+from .common import path_id, row_json
+
+COLUMNS = (
+    "s.id, s.tutor_id, t.name AS tutor_name, s.student_id, st.name AS student_name, s.kb_id,"
+    " s.status, s.created_at, s.expires_at, s.ended_at,"
+    " (SELECT count(*) FROM turns WHERE turns.session_id = s.id) AS turns"
+)
+FROM = "sessions s JOIN tutors t ON t.id = s.tutor_id JOIN students st ON st.id = s.student_id"
+
+
+def _scope(who: Principal, first_param: int) -> tuple[str, list[Any]]:
+    """The WHERE clause that limits sessions to what ``who`` may see."""
+    if who.is_admin:
+        return f"s.admin_id = ${first_param}", [who.tenant_id]
+    return (
+        f"s.admin_id = ${first_param} AND s.student_id = ${first_param + 1}",
+        [who.tenant_id, who.user_id],
+    )
+
+
+async def create_session(request: web.Request) -> web.Response:
+    who = principal(request)
+    tutor_id = path_id(request.match_info["tutor_id"], "tutor")
+    body = await v.json_body(request)
+    db = request.app[DB]
+    if who.is_admin:
+        v.only_fields(body, ("student_id", "kb_id"))
+        raw_student = v.text(body, "student_id", required=True, max_len=64)
+        try:
+            student_id = uuid.UUID(raw_student)
+        except ValueError:
+            raise APIError(404, "student_not_found", "no such student") from None
+    else:
+        v.only_fields(body, ("kb_id",))
+        student_id = who.user_id
+    kb_id = v.text(body, "kb_id", max_len=64, nullable=True)
+
+    tutor = await db.fetchrow(
+        "SELECT id, name, system_prompt, greeting, voice, language FROM tutors"
+        " WHERE id = $1 AND admin_id = $2",
+        tutor_id,
+        who.tenant_id,
+    )
+    if tutor is None:
+        raise APIError(404, "tutor_not_found", "no such tutor")
+    student = await db.fetchrow(
+        "SELECT id FROM students WHERE id = $1 AND admin_id = $2", student_id, who.tenant_id
+    )
+    if student is None:
+        raise APIError(404, "student_not_found", "no such student")
+    if kb_id is not None:
+        # Knowledge bases arrive in a later version; none can exist yet.
+        raise APIError(404, "kb_not_found", "no such knowledge base", field="kb_id")
+
+    engines = request.app[ENGINE_CLIENT]
+    profile = TutorProfile(
+        name=tutor["name"],
+        system_prompt=tutor["system_prompt"],
+        greeting=tutor["greeting"],
+        voice=tutor["voice"],
+        language=tutor["language"],
+    )
+    try:
+        created = await engines.create_session(
+            request,
+            tutor_id=str(tutor_id),
+            student_id=str(student_id),
+            kb_id=kb_id,
+            tutor=profile,
+        )
+    except EngineUnavailable as e:
+        raise APIError(
+            503,
+            "engine_unavailable",
+            f"no tutoring engine is available: {e}",
+            headers={"Retry-After": "10"},
+        ) from None
+    try:
+        await db.execute(
+            "INSERT INTO sessions (id, admin_id, tutor_id, student_id, kb_id, engine, expires_at)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7::text::timestamptz)",
+            created.session_id,
+            who.tenant_id,
+            tutor_id,
+            student_id,
+            kb_id,
+            created.engine,
+            created.expires_at,
+        )
+    except BaseException:
+        # Leave nothing half-created: the engine session goes too.
+        try:
+            await engines.delete_session(created.engine, created.session_id)
+        except EngineUnavailable:
+            pass
+        raise
+    return web.json_response(
+        {
+            "session_id": created.session_id,
+            "engine_url": created.engine_url,
+            "engine_token": created.engine_token,
+            "expires_at": created.expires_at,
+            "tutor_id": str(tutor_id),
+            "student_id": str(student_id),
+        },
+        status=201,
+    )
+
+
+async def _find(request: web.Request) -> dict[str, Any]:
+    who = principal(request)
+    where, params = _scope(who, 2)
+    row = await request.app[DB].fetchrow(
+        f"SELECT {COLUMNS}, s.engine FROM {FROM} WHERE s.id = $1 AND {where}",
+        request.match_info["session_id"],
+        *params,
+    )
+    if row is None:
+        raise APIError(404, "session_not_found", "no such session")
+    return row_json(row)
+
+
+async def list_sessions(request: web.Request) -> web.Response:
+    who = principal(request)
+    where, params = _scope(who, 1)
+    rows = await request.app[DB].fetch(
+        f"SELECT {COLUMNS} FROM {FROM} WHERE {where} ORDER BY s.created_at DESC LIMIT 500",
+        *params,
+    )
+    return web.json_response({"sessions": [row_json(r) for r in rows]})
+
+
+async def get_session(request: web.Request) -> web.Response:
+    session = await _find(request)
+    session.pop("engine")
+    return web.json_response(session)
+
+
+async def get_messages(request: web.Request) -> web.Response:
+    session = await _find(request)
+    messages = await session_messages(request.app[DB], session["id"])
+    return web.json_response({"session_id": session["id"], "messages": messages})
+
+
+async def delete_session(request: web.Request) -> web.Response:
+    session = await _find(request)
+    if session["status"] != "ended":
+        try:
+            await request.app[ENGINE_CLIENT].delete_session(session["engine"], session["id"])
+        except EngineUnavailable as e:
+            raise APIError(
+                503, "engine_unavailable", f"could not end the session on its engine: {e}"
+            ) from None
+        await request.app[DB].execute(
+            "UPDATE sessions SET status = 'ended', ended_at = now() WHERE id = $1", session["id"]
+        )
+    return web.Response(status=204)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/api/tutors/{tutor_id}/sessions", create_session)
+    app.router.add_get("/api/sessions", list_sessions)
+    app.router.add_get("/api/sessions/{session_id}", get_session)
+    app.router.add_get("/api/sessions/{session_id}/messages", get_messages)
+    app.router.add_delete("/api/sessions/{session_id}", delete_session)
+    # The path the old web server used; kept so existing clients keep working.
+    app.router.add_delete("/api/tutors/sessions/{session_id}", delete_session)

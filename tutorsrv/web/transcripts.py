@@ -1,0 +1,72 @@
+"""Storing finished turns, and reading a session's conversation back."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from ..backplane import TurnRecord
+
+log = logging.getLogger(__name__)
+
+
+def _when(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+
+
+async def store_turn(db: asyncpg.Pool, turn: TurnRecord) -> bool:
+    """Store a turn once. Returns False when it was already stored, or when the session is
+    not one the web role created (e.g. opened directly on the engine API): nothing to keep."""
+    try:
+        result = await db.execute(
+            "INSERT INTO turns (session_id, response_id, student_text, student_at, reply_text,"
+            " reply_at, interrupted, metrics) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+            " ON CONFLICT (session_id, response_id) DO NOTHING",
+            turn.session_id,
+            turn.response_id,
+            turn.student_text,
+            _when(turn.student_at),
+            turn.reply_text,
+            _when(turn.reply_at),
+            turn.interrupted,
+            json.dumps(turn.metrics),
+        )
+    except asyncpg.ForeignKeyViolationError:
+        log.debug("turn for a session without a web record", extra={"session_id": turn.session_id})
+        return False
+    return result == "INSERT 0 1"
+
+
+async def session_messages(db: asyncpg.Pool, session_id: str) -> list[dict[str, Any]]:
+    """The conversation as a list of messages, oldest first (each turn gives one or two)."""
+    rows = await db.fetch(
+        "SELECT response_id, student_text, student_at, reply_text, reply_at, interrupted, metrics"
+        " FROM turns WHERE session_id = $1 ORDER BY reply_at, id",
+        session_id,
+    )
+    messages: list[dict[str, Any]] = []
+    for row in rows:
+        if row["student_text"] is not None:
+            messages.append(
+                {
+                    "role": "user",
+                    "content": row["student_text"],
+                    "timestamp": row["student_at"].isoformat(),
+                    "response_id": row["response_id"],
+                }
+            )
+        messages.append(
+            {
+                "role": "assistant",
+                "content": row["reply_text"],
+                "timestamp": row["reply_at"].isoformat(),
+                "response_id": row["response_id"],
+                "interrupted": row["interrupted"],
+                "metrics": json.loads(row["metrics"]),
+            }
+        )
+    return messages
