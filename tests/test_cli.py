@@ -7,7 +7,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,22 +14,14 @@ import aiohttp
 import pytest
 
 from .conftest import API_KEY, AUTH
-
-TUTORSRV = [sys.executable, "-m", "tutorsrv"]
+from .processes import TUTORSRV, clean_env, free_port
 
 
 def run_cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("TUTORSRV_")}
-    full_env.update(env)
+    full_env = clean_env(env)
     return subprocess.run(
         TUTORSRV + args, env=full_env, cwd=cwd, capture_output=True, text=True, timeout=60
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_engine_role_refuses_to_start_without_a_key(tmp_path: Path) -> None:
@@ -39,10 +30,26 @@ def test_engine_role_refuses_to_start_without_a_key(tmp_path: Path) -> None:
     assert "engine.api_key" in result.stderr
 
 
-def test_web_role_says_it_is_not_available_yet(tmp_path: Path) -> None:
-    result = run_cli(["run", "--role", "web"], {}, tmp_path)
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({}, "engine.api_key"),
+        ({"TUTORSRV_ENGINE_API_KEY": API_KEY}, "web.engine_urls"),
+        (
+            {
+                "TUTORSRV_ENGINE_API_KEY": API_KEY,
+                "TUTORSRV_WEB_ENGINE_URLS": "http://127.0.0.1:9",
+            },
+            "web.jwt_secret",
+        ),
+    ],
+)
+def test_web_role_refuses_to_start_without_its_settings(
+    tmp_path: Path, env: dict[str, str], named: str
+) -> None:
+    result = run_cli(["run", "--role", "web"], env, tmp_path)
     assert result.returncode == 2
-    assert "not available yet" in result.stderr
+    assert named in result.stderr
 
 
 def test_bad_configuration_names_the_key(tmp_path: Path) -> None:
@@ -55,18 +62,20 @@ def test_bad_configuration_names_the_key(tmp_path: Path) -> None:
     assert "TUTORSRV_ENGINE_MAX_SESSIONS" in result.stderr
 
 
-def test_missing_model_stops_start_up_with_a_clear_error(tmp_path: Path) -> None:
-    env = {"TUTORSRV_LLM_MODEL_PATH": str(tmp_path / "none.gguf")}
+def test_missing_model_stops_start_up_with_a_clear_error(tmp_path: Path, database_url: str) -> None:
+    env = {"TUTORSRV_LLM_MODEL_PATH": str(tmp_path / "none.gguf"), "DATABASE_URL": database_url}
     result = run_cli(["run", "--role", "all", "--port", str(free_port())], env, tmp_path)
     assert result.returncode == 3
     assert "no such file" in result.stderr
 
 
 @pytest.mark.parametrize("role", ["engine", "all"])
-async def test_role_serves_and_stops_on_sigterm(tmp_path: Path, role: str) -> None:
+async def test_role_serves_and_stops_on_sigterm(
+    tmp_path: Path, role: str, database_url: str
+) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("TUTORSRV_")}
-    env.update({"TUTORSRV_LLM_BACKEND": "scripted"})
+    env.update({"TUTORSRV_LLM_BACKEND": "scripted", "DATABASE_URL": database_url})
     if role == "engine":
         env["TUTORSRV_ENGINE_API_KEY"] = API_KEY
     # Popen only spawns; the test never waits on the child while the loop must run.

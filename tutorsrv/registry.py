@@ -131,9 +131,7 @@ def iso(wall_seconds: float) -> str:
 
 def now_iso() -> str:
     """Now, to the millisecond: turn timestamps are also latency evidence."""
-    return (
-        datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    )
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class TokenSigner:

@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..backplane import TurnRecord
@@ -30,6 +31,36 @@ log = logging.getLogger(__name__)
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 _WORD = re.compile(r"\s*\S+")
+
+
+@dataclass(eq=False)
+class Response:
+    """One tutor response in progress and what it has produced so far."""
+
+    id: str
+    answering: Message | None  # the student turn it answers; None for the greeting
+    stats: GenerationStats
+    started: float  # monotonic
+    parts: list[str] = field(default_factory=list)
+    first_piece_at: float | None = None
+    # Generation is over; the reply is whole and only being reported.
+    finishing: bool = False
+    recorded: bool = False
+
+    def metrics(self) -> dict[str, Any]:
+        finished = time.monotonic()
+        tokens = self.stats.completion_tokens or len(self.parts)
+        first = self.first_piece_at
+        generating = finished - first if first is not None else 0.0
+        return {
+            "ttft_ms": _ms(first - self.started) if first is not None else None,
+            "duration_ms": _ms(finished - self.started),
+            "tokens": tokens,
+            "tokens_per_s": round(tokens / generating, 1) if generating > 0 else None,
+            "prompt_tokens": self.stats.prompt_tokens,
+            "cached_prompt_tokens": self.stats.cached_prompt_tokens,
+            "trimmed_messages": self.stats.trimmed_messages,
+        }
 
 
 class Conversation:
@@ -49,64 +80,60 @@ class Conversation:
         self.send = send
         self.default_system_prompt = default_system_prompt
         self.record_turn = record_turn
-        # The student message the response in progress answers (None for the greeting).
-        self._answering: Message | None = None
         self._task: asyncio.Task[None] | None = None
-        self._response_id: str | None = None
-        # Set once a response has finished generating and is only reporting; interrupting
-        # it then would announce "interrupted" for a reply the student already has whole.
-        self._finishing = False
+        self._response: Response | None = None
 
     async def student_text(self, content: str) -> None:
         """A student turn: stop whatever is being said, record the turn, answer it."""
         await self.interrupt(reason="new_turn")
-        turn_started = time.monotonic()
-        self._answering = Message("user", content, now_iso())
-        self.session.history.append(self._answering)
+        student = Message("user", content, now_iso())
+        self.session.history.append(student)
         self.registry.touch(self.session)
         stats = GenerationStats()
-        self._start(self.llm.stream(self._prompt(), stats), stats, turn_started)
+        self._start(
+            self.llm.stream(self._prompt(), stats),
+            Response(_new_id(), student, stats, time.monotonic()),
+        )
 
     async def greet(self) -> None:
         greeting = self.session.tutor.greeting.strip()
         if greeting:
-            self._answering = None
-            self._start(_fixed_pieces(greeting), GenerationStats(), time.monotonic())
+            response = Response(_new_id(), None, GenerationStats(), time.monotonic())
+            self._start(_fixed_pieces(greeting), response)
 
     async def interrupt(self, reason: str = "interrupt") -> bool:
         """Stop the response in progress and say so. Returns True if there was one."""
-        task, response_id = self._task, self._response_id
-        if task is None or task.done():
+        task, response = self._task, self._response
+        if task is None or response is None or task.done():
             return False
-        if self._finishing:
-            # Generation is over; the reply is whole and only being reported. Let it finish.
+        if response.finishing:
+            # The reply is whole and only being reported: let it finish.
             await asyncio.shield(task)
             return False
         task.cancel()
         # gather() waits for the cancelled task without swallowing our own cancellation.
         await asyncio.gather(task, return_exceptions=True)
-        await self.send({"type": "interrupted", "response_id": response_id, "reason": reason})
+        # A task cancelled before it ever ran cannot record itself.
+        self._record(response, interrupted=True)
+        await self.send({"type": "interrupted", "response_id": response.id, "reason": reason})
         return True
 
     async def close(self) -> None:
         """The connection is going away: stop generating, say nothing more.
 
-        The task is cancelled before the first await, so this holds even when the caller
-        is itself being cancelled."""
-        task = self._task
-        if task is None or task.done():
+        The task is cancelled and the turn recorded before the first await, so this holds
+        even when the caller is itself being cancelled."""
+        task, response = self._task, self._response
+        if task is None or response is None or task.done():
             return
         task.cancel()
+        if not response.finishing:
+            self._record(response, interrupted=True)
         await asyncio.gather(task, return_exceptions=True)
 
-    def _start(
-        self, pieces: AsyncIterator[str], stats: GenerationStats, turn_started: float
-    ) -> None:
-        self._response_id = "r_" + uuid.uuid4().hex[:12]
-        self._finishing = False
-        self._task = asyncio.get_running_loop().create_task(
-            self._respond(self._response_id, pieces, stats, turn_started)
-        )
+    def _start(self, pieces: AsyncIterator[str], response: Response) -> None:
+        self._response = response
+        self._task = asyncio.get_running_loop().create_task(self._respond(response, pieces))
 
     def _prompt(self) -> list[ChatMessage]:
         system = self.session.tutor.system_prompt.strip() or self.default_system_prompt
@@ -116,129 +143,92 @@ class Conversation:
                 messages.append({"role": m.role, "content": m.content})
         return messages
 
-    async def _respond(
-        self,
-        response_id: str,
-        pieces: AsyncIterator[str],
-        stats: GenerationStats,
-        turn_started: float,
-    ) -> None:
-        parts: list[str] = []
-        first_piece_at: float | None = None
+    async def _respond(self, response: Response, pieces: AsyncIterator[str]) -> None:
         try:
             async with aclosing(pieces) as stream:  # type: ignore[type-var]
                 async for piece in stream:
-                    if first_piece_at is None:
-                        first_piece_at = time.monotonic()
-                    parts.append(piece)
+                    if response.first_piece_at is None:
+                        response.first_piece_at = time.monotonic()
+                    response.parts.append(piece)
                     await self.send(
-                        {"type": "text_stream", "token": piece, "response_id": response_id}
+                        {"type": "text_stream", "token": piece, "response_id": response.id}
                     )
                     self.registry.touch(self.session)
         except asyncio.CancelledError:
-            self._record(
-                response_id,
-                parts,
-                interrupted=True,
-                metrics=_metrics(stats, parts, turn_started, first_piece_at),
-            )
+            self._record(response, interrupted=True)
             raise
         except ConnectionError:
             # The socket went away under us; the connection's owner is cleaning up.
-            self._record(
-                response_id,
-                parts,
-                interrupted=True,
-                metrics=_metrics(stats, parts, turn_started, first_piece_at),
-            )
+            self._record(response, interrupted=True)
             return
         except Exception as exc:
             log.exception("generation failed", extra={"session_id": self.session.id})
-            self._record(
-                response_id,
-                parts,
-                interrupted=True,
-                metrics=_metrics(stats, parts, turn_started, first_piece_at),
-            )
-            self._finishing = True
+            self._record(response, interrupted=True)
+            response.finishing = True
             failure = f"the language model failed: {type(exc).__name__}"
             with contextlib.suppress(ConnectionError):
                 await self.send(protocol.error("generation_failed", failure))
                 await self.send(
-                    {"type": "interrupted", "response_id": response_id, "reason": "error"}
+                    {"type": "interrupted", "response_id": response.id, "reason": "error"}
                 )
             return
 
-        self._finishing = True
-        metrics = _metrics(stats, parts, turn_started, first_piece_at)
-        message = self._record(response_id, parts, interrupted=False, metrics=metrics)
+        response.finishing = True
+        metrics = response.metrics()
+        message = self._record(response, interrupted=False, metrics=metrics)
         # A socket that went away after the reply was complete loses nothing: history has it.
         with contextlib.suppress(ConnectionError):
-            await self._report(message, response_id, metrics)
-
-    async def _report(self, message: Message, response_id: str, metrics: dict[str, Any]) -> None:
-        await self.send(
-            {
-                "type": "text",
-                "content": message.content,
-                "role": "assistant",
-                "timestamp": message.timestamp,
-                "response_id": response_id,
-            }
-        )
-        await self.send({"type": "response_done", "response_id": response_id, "metrics": metrics})
+            await self.send(
+                {
+                    "type": "text",
+                    "content": message.content,
+                    "role": "assistant",
+                    "timestamp": message.timestamp,
+                    "response_id": response.id,
+                }
+            )
+            await self.send(
+                {"type": "response_done", "response_id": response.id, "metrics": metrics}
+            )
 
     def _record(
-        self,
-        response_id: str,
-        parts: list[str],
-        *,
-        interrupted: bool,
-        metrics: dict[str, Any] | None = None,
+        self, response: Response, *, interrupted: bool, metrics: dict[str, Any] | None = None
     ) -> Message:
-        message = Message("assistant", "".join(parts).strip(), now_iso(), response_id, interrupted)
-        # An interrupted reply keeps what was produced; an empty one still goes to the
-        # transcript (the student's words count) but not into the model's history.
-        if message.content or not interrupted:
+        """Put the reply in the history and hand the turn to the transcript, once."""
+        content = "".join(response.parts).strip()
+        message = Message("assistant", content, now_iso(), response.id, interrupted)
+        if response.recorded:
+            return message
+        response.recorded = True
+        # An empty interrupted reply is not worth a place in the model's history, but the
+        # transcript keeps the turn: the student's words count.
+        if content or not interrupted:
             self.session.history.append(message)
         if self.record_turn is not None:
-            student = self._answering
+            student = response.answering
             self.record_turn(
                 TurnRecord(
                     session_id=self.session.id,
-                    response_id=response_id,
-                    reply_text=message.content,
+                    response_id=response.id,
+                    reply_text=content,
                     reply_at=message.timestamp,
                     interrupted=interrupted,
                     student_text=student.content if student else None,
                     student_at=student.timestamp if student else None,
-                    metrics=metrics or {},
+                    metrics=metrics or response.metrics(),
                 )
             )
         return message
+
+
+def _new_id() -> str:
+    return "r_" + uuid.uuid4().hex[:12]
 
 
 async def _fixed_pieces(text: str) -> AsyncIterator[str]:
     for piece in _WORD.findall(text):
         await asyncio.sleep(0)
         yield piece
-
-
-def _metrics(
-    stats: GenerationStats, parts: list[str], turn_started: float, first_piece_at: float | None
-) -> dict[str, Any]:
-    finished = time.monotonic()
-    tokens = stats.completion_tokens or len(parts)
-    generating = finished - first_piece_at if first_piece_at is not None else 0.0
-    return {
-        "ttft_ms": _ms(first_piece_at - turn_started) if first_piece_at is not None else None,
-        "duration_ms": _ms(finished - turn_started),
-        "tokens": tokens,
-        "tokens_per_s": round(tokens / generating, 1) if generating > 0 else None,
-        "prompt_tokens": stats.prompt_tokens,
-        "cached_prompt_tokens": stats.cached_prompt_tokens,
-        "trimmed_messages": stats.trimmed_messages,
-    }
 
 
 def _ms(seconds: float) -> float:

@@ -82,6 +82,9 @@ _CONNECTION_ERRORS = (
     asyncpg.InterfaceError,
     asyncpg.CannotConnectNowError,
     asyncpg.AdminShutdownError,
+    asyncpg.TooManyConnectionsError,
+    # "database ... is not currently accepting connections" (maintenance, restore).
+    asyncpg.ObjectNotInPrerequisiteStateError,
 )
 
 

@@ -1,0 +1,87 @@
+"""Real ``tutorsrv run`` processes on loopback, for tests that cross process boundaries."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+
+TUTORSRV = [sys.executable, "-m", "tutorsrv"]
+# The child imports the same tutorsrv as the tests, whatever the current directory.
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def clean_env(extra: dict[str, str]) -> dict[str, str]:
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("TUTORSRV_") and k != "DATABASE_URL"
+    }
+    env["PYTHONPATH"] = str(ROOT)
+    env.update(extra)
+    return env
+
+
+class ServerProcess:
+    """One server process; ``stop()`` sends SIGTERM and waits, ``kill()`` does not ask."""
+
+    def __init__(self, role: str, env: dict[str, str], cwd: Path, port: int | None = None):
+        self.role = role
+        self.port = port or free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.cwd = cwd
+        self.env = clean_env(env)
+        self.proc: subprocess.Popen[str] | None = None
+        self.log = cwd / f"{role}-{self.port}.log"
+
+    async def start(self, wait: float = 90.0) -> ServerProcess:
+        log = self.log.open("a")
+        self.proc = subprocess.Popen(  # noqa: ASYNC220 - spawns; never waited on in the loop
+            [*TUTORSRV, "run", "--role", self.role, "--port", str(self.port)],
+            env=self.env,
+            cwd=self.cwd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        deadline = time.monotonic() + wait
+        async with aiohttp.ClientSession() as http:
+            while True:
+                assert self.proc.poll() is None, f"{self.role} exited:\n{self.output()}"
+                try:
+                    async with http.get(self.base + "/health") as resp:
+                        if resp.status in (200, 503):
+                            return self
+                except aiohttp.ClientConnectionError:
+                    pass
+                assert time.monotonic() < deadline, f"{self.role} did not start:\n{self.output()}"
+                await asyncio.sleep(0.1)
+
+    def output(self) -> str:
+        return self.log.read_text() if self.log.exists() else ""
+
+    def stop(self, wait: float = 30.0) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()

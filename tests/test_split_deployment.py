@@ -1,0 +1,193 @@
+"""Real processes: web + engine on loopback (split deployment), and `all` across a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from .conftest import API_KEY, JWT_SECRET
+from .processes import ServerProcess
+from .web_helpers import PASSWORD
+
+
+async def call(
+    http: aiohttp.ClientSession, method: str, url: str, token: str | None = None, **kw: Any
+) -> tuple[int, Any]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with http.request(method, url, headers=headers, **kw) as resp:
+        body = await resp.json() if resp.content_type == "application/json" else None
+        return resp.status, body
+
+
+async def set_up_tenant(http: aiohttp.ClientSession, base: str) -> dict[str, Any]:
+    status, body = await call(
+        http,
+        "POST",
+        base + "/api/auth/register",
+        json={"email": "a@s.example", "password": PASSWORD},
+    )
+    assert status == 201, body
+    token = body["access_token"]
+    status, tutor = await call(
+        http, "POST", base + "/api/tutors", token, json={"name": "Ada", "greeting": "Hi there."}
+    )
+    assert status == 201, tutor
+    status, student = await call(
+        http,
+        "POST",
+        base + "/api/students",
+        token,
+        json={"email": "s@s.example", "name": "Sam", "password": PASSWORD},
+    )
+    assert status == 201, student
+    return {"token": token, "tutor": tutor, "student": student}
+
+
+async def open_session(http: aiohttp.ClientSession, base: str, t: dict[str, Any]) -> tuple:
+    return await call(
+        http,
+        "POST",
+        f"{base}/api/tutors/{t['tutor']['id']}/sessions",
+        t["token"],
+        json={"student_id": t["student"]["id"]},
+    )
+
+
+async def talk(http: aiohttp.ClientSession, engine_url: str) -> str:
+    """Greeting, one full turn, one interrupted turn. Returns the interrupted response id."""
+    async with http.ws_connect(engine_url) as ws:
+        assert (await ws.receive_json(timeout=10))["type"] == "session"
+        while (await ws.receive_json(timeout=10))["type"] != "response_done":
+            pass
+        await ws.send_json({"type": "text", "content": "full turn"})
+        while (await ws.receive_json(timeout=10))["type"] != "response_done":
+            pass
+        await ws.send_json({"type": "text", "content": "cut turn"})
+        await ws.receive_json(timeout=10)
+        await ws.send_json({"type": "interrupt"})
+        while (message := await ws.receive_json(timeout=10))["type"] != "interrupted":
+            pass
+        return message["response_id"]
+
+
+async def transcript(http, base: str, t: dict[str, Any], session_id: str, want: int) -> list:
+    deadline = time.monotonic() + 30
+    while True:
+        status, body = await call(
+            http, "GET", f"{base}/api/sessions/{session_id}/messages", t["token"]
+        )
+        assert status == 200, body
+        if len(body["messages"]) >= want:
+            return body["messages"]
+        assert time.monotonic() < deadline, f"transcript incomplete: {body}"
+        await asyncio.sleep(0.1)
+
+
+async def test_split_deployment_web_and_engine(tmp_path: Path, database_url: str) -> None:
+    engine = ServerProcess("engine", {}, tmp_path)
+    web = ServerProcess("web", {}, tmp_path)
+    engine.env.update(
+        {
+            "TUTORSRV_ENGINE_API_KEY": API_KEY,
+            "TUTORSRV_ENGINE_BACKPLANE_URL": web.base,
+            "TUTORSRV_LLM_BACKEND": "scripted",
+            "TUTORSRV_LLM_SCRIPTED_TOKEN_COUNT": "200",
+            "TUTORSRV_LLM_SCRIPTED_TOKEN_DELAY_MS": "10",
+        }
+    )
+    web.env.update(
+        {
+            "TUTORSRV_ENGINE_API_KEY": API_KEY,
+            "TUTORSRV_WEB_JWT_SECRET": JWT_SECRET,
+            "TUTORSRV_WEB_ENGINE_URLS": engine.base,
+            "DATABASE_URL": database_url,
+        }
+    )
+    try:
+        await engine.start()
+        await web.start()
+        async with aiohttp.ClientSession() as http:
+            status, health = await call(http, "GET", web.base + "/health")
+            assert status == 200 and health["role"] == "web"
+            assert health["engines"][0]["status"] == "healthy"
+
+            tenant = await set_up_tenant(http, web.base)
+            status, session = await open_session(http, web.base, tenant)
+            assert status == 201, session
+            # The browser is sent to the engine, not to the web role.
+            assert session["engine_url"].startswith(
+                f"ws://127.0.0.1:{engine.port}/ws/ws/{session['session_id']}?token="
+            )
+            cut = await talk(http, session["engine_url"])
+            messages = await transcript(http, web.base, tenant, session["session_id"], 5)
+            assert [m["role"] for m in messages] == [
+                "assistant",
+                "user",
+                "assistant",
+                "user",
+                "assistant",
+            ]
+            assert messages[1]["content"] == "full turn"
+            assert messages[4]["response_id"] == cut and messages[4]["interrupted"] is True
+
+            # The engine dies: no new session, a clear 503, nothing half-created.
+            engine.kill()
+            status, body = await open_session(http, web.base, tenant)
+            assert status == 503 and body["error"] == "engine_unavailable"
+            status, listing = await call(http, "GET", web.base + "/api/sessions", tenant["token"])
+            assert [s["id"] for s in listing["sessions"]] == [session["session_id"]]
+            status, health = await call(http, "GET", web.base + "/health")
+            assert status == 503 and health["engines"][0]["status"] == "unreachable"
+
+            # It comes back on the same address: sessions work again.
+            await engine.start()
+            status, again = await open_session(http, web.base, tenant)
+            assert status == 201, again
+            status, _ = await call(
+                http, "DELETE", f"{web.base}/api/sessions/{again['session_id']}", tenant["token"]
+            )
+            assert status == 204
+        assert engine.stop() == 0 and web.stop() == 0
+        assert API_KEY not in engine.output() + web.output()
+        assert JWT_SECRET not in web.output()
+    finally:
+        engine.kill()
+        web.kill()
+
+
+async def test_all_role_keeps_everything_across_a_restart(
+    tmp_path: Path, database_url: str
+) -> None:
+    env = {"TUTORSRV_LLM_BACKEND": "scripted", "DATABASE_URL": database_url}
+    server = ServerProcess("all", env, tmp_path)
+    try:
+        await server.start()
+        async with aiohttp.ClientSession() as http:
+            tenant = await set_up_tenant(http, server.base)
+            status, session = await open_session(http, server.base, tenant)
+            assert status == 201
+            await talk(http, session["engine_url"])
+            before = await transcript(http, server.base, tenant, session["session_id"], 5)
+        assert server.stop() == 0
+
+        await server.start()
+        async with aiohttp.ClientSession() as http:
+            # The old access token still works: the JWT secret was kept in state_dir.
+            status, me = await call(http, "GET", server.base + "/api/auth/me", tenant["token"])
+            assert status == 200 and me["email"] == "a@s.example"
+            status, _ = await call(
+                http,
+                "POST",
+                server.base + "/api/auth/login",
+                json={"email": "a@s.example", "password": PASSWORD},
+            )
+            assert status == 200
+            after = await transcript(http, server.base, tenant, session["session_id"], 5)
+            assert after == before
+        assert server.stop() == 0
+    finally:
+        server.kill()
