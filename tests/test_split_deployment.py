@@ -14,6 +14,14 @@ from .processes import ServerProcess
 from .web_helpers import PASSWORD
 
 
+# Replies long enough that an interrupt always arrives while one is being generated.
+SLOW_SCRIPTED = {
+    "TUTORSRV_LLM_BACKEND": "scripted",
+    "TUTORSRV_LLM_SCRIPTED_TOKEN_COUNT": "200",
+    "TUTORSRV_LLM_SCRIPTED_TOKEN_DELAY_MS": "10",
+}
+
+
 async def call(
     http: aiohttp.ClientSession, method: str, url: str, token: str | None = None, **kw: Any
 ) -> tuple[int, Any]:
@@ -94,9 +102,7 @@ async def test_split_deployment_web_and_engine(tmp_path: Path, database_url: str
         {
             "TUTORSRV_ENGINE_API_KEY": API_KEY,
             "TUTORSRV_ENGINE_BACKPLANE_URL": web.base,
-            "TUTORSRV_LLM_BACKEND": "scripted",
-            "TUTORSRV_LLM_SCRIPTED_TOKEN_COUNT": "200",
-            "TUTORSRV_LLM_SCRIPTED_TOKEN_DELAY_MS": "10",
+            **SLOW_SCRIPTED,
         }
     )
     web.env.update(
@@ -162,7 +168,7 @@ async def test_split_deployment_web_and_engine(tmp_path: Path, database_url: str
 async def test_all_role_keeps_everything_across_a_restart(
     tmp_path: Path, database_url: str
 ) -> None:
-    env = {"TUTORSRV_LLM_BACKEND": "scripted", "DATABASE_URL": database_url}
+    env = {"DATABASE_URL": database_url, **SLOW_SCRIPTED}
     server = ServerProcess("all", env, tmp_path)
     try:
         await server.start()

@@ -83,6 +83,8 @@ _CONNECTION_ERRORS = (
     asyncpg.CannotConnectNowError,
     asyncpg.AdminShutdownError,
     asyncpg.TooManyConnectionsError,
+    # A pooled connection the server cut mid-operation reports itself like this.
+    asyncpg.InternalClientError,
     # "database ... is not currently accepting connections" (maintenance, restore).
     asyncpg.ObjectNotInPrerequisiteStateError,
 )
