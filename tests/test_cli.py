@@ -154,3 +154,21 @@ def test_port_in_use_fails_fast_and_leaves_the_running_key_alone(tmp_path: Path)
     assert result.returncode == 3
     assert "cannot listen" in result.stderr
     assert key_file.read_text() == "the-running-servers-key\n"
+
+
+def test_migrate_command_applies_once(tmp_path: Path, database_url: str) -> None:
+    first = run_cli(["migrate"], {"DATABASE_URL": database_url}, tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "applied migration 001_" in first.stderr
+    again = run_cli(["migrate"], {"DATABASE_URL": database_url}, tmp_path)
+    assert again.returncode == 0
+    assert "applied migration" not in again.stderr
+    assert "up to date" in again.stdout
+
+
+def test_unreachable_database_stops_start_up(tmp_path: Path) -> None:
+    env = {"DATABASE_URL": f"postgresql://nobody@127.0.0.1:{free_port()}/none"}
+    result = run_cli(["run", "--role", "all", "--port", str(free_port())], env, tmp_path)
+    assert result.returncode == 3
+    assert "cannot connect to the database" in result.stderr
+    assert not (tmp_path / ".tutorsrv" / "engine-api-key").exists()

@@ -1,0 +1,75 @@
+"""Web-role sessions against the in-process engine (role all)."""
+
+from __future__ import annotations
+
+from aiohttp.test_utils import TestClient
+
+from tutorsrv.appkeys import REGISTRY
+
+from .conftest import MakeClient, expect_close, receive_json, ws_path
+from .web_helpers import create_student, create_tutor, register_admin, start_session
+
+
+async def test_ending_a_session_closes_its_socket_and_keeps_its_transcript(
+    make_client: MakeClient,
+) -> None:
+    client: TestClient = await make_client("all")
+    admin = await register_admin(client)
+    tutor = await create_tutor(client, admin)
+    student = await create_student(client, admin)
+    session = await start_session(client, admin, tutor, student)
+    ws = await client.ws_connect(ws_path(session))
+    assert (await receive_json(ws))["type"] == "session"
+
+    # The old web server's path still works.
+    resp = await client.delete(
+        f"/api/tutors/sessions/{session['session_id']}", headers=admin["headers"]
+    )
+    assert resp.status == 204
+    code, _ = await expect_close(ws)
+    assert code == 4410
+    assert client.server.app[REGISTRY].get(session["session_id"]) is None
+
+    resp = await client.get(f"/api/sessions/{session['session_id']}", headers=admin["headers"])
+    row = await resp.json()
+    assert row["status"] == "ended" and row["ended_at"]
+    resp = await client.get(
+        f"/api/sessions/{session['session_id']}/messages", headers=admin["headers"]
+    )
+    assert [m["content"] for m in (await resp.json())["messages"]] == ["Hello, I am Ada."]
+    # Ending it again is harmless.
+    resp = await client.delete(f"/api/sessions/{session['session_id']}", headers=admin["headers"])
+    assert resp.status == 204
+
+
+async def test_a_full_engine_answers_503_and_stores_nothing(make_client: MakeClient) -> None:
+    client: TestClient = await make_client("all", engine={"max_sessions": 1})
+    admin = await register_admin(client)
+    tutor = await create_tutor(client, admin)
+    student = await create_student(client, admin)
+    await start_session(client, admin, tutor, student)
+    resp = await client.post(
+        f"/api/tutors/{tutor['id']}/sessions",
+        json={"student_id": student["id"]},
+        headers=admin["headers"],
+    )
+    assert resp.status == 503
+    body = await resp.json()
+    assert body["error"] == "engine_unavailable" and "maximum" in body["message"]
+    listing = await (await client.get("/api/sessions", headers=admin["headers"])).json()
+    assert len(listing["sessions"]) == 1
+
+
+async def test_knowledge_bases_do_not_exist_yet(make_client: MakeClient) -> None:
+    client: TestClient = await make_client("all")
+    admin = await register_admin(client)
+    tutor = await create_tutor(client, admin)
+    student = await create_student(client, admin)
+    resp = await client.post(
+        f"/api/tutors/{tutor['id']}/sessions",
+        json={"student_id": student["id"], "kb_id": "kb-1"},
+        headers=admin["headers"],
+    )
+    assert resp.status == 404
+    assert (await resp.json())["error"] == "kb_not_found"
+    assert len(client.server.app[REGISTRY]) == 0
