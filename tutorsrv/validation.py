@@ -75,7 +75,11 @@ def email(body: dict[str, Any], key: str = "email", *, required: bool = True) ->
     return value.lower() if value is not None else None
 
 
-def password(body: dict[str, Any], key: str = "password", *, required: bool = True) -> str | None:
+def password(
+    body: dict[str, Any], key: str = "password", *, required: bool = True, new: bool = True
+) -> str | None:
+    """A password, exactly as typed (spaces are characters like any other). ``new``: one
+    being set, which must be 8 to 256 characters; otherwise one being checked at login."""
     value = body.get(key)
     if value is None:
         if required:
@@ -83,7 +87,10 @@ def password(body: dict[str, Any], key: str = "password", *, required: bool = Tr
         return None
     if not isinstance(value, str):
         raise APIError(422, "invalid_field", f"'{key}' must be a string", field=key)
-    # Passwords are not stripped: spaces are characters like any other.
+    if not new:
+        if len(value) > 256:
+            raise APIError(422, "invalid_field", f"'{key}' is too long", field=key)
+        return value
     if not 8 <= len(value) <= 256:
         raise APIError(422, "invalid_field", f"'{key}' must be 8 to 256 characters", field=key)
     return value

@@ -53,7 +53,7 @@ async def register(request: web.Request) -> web.Response:
 async def login(request: web.Request) -> web.Response:
     body = await v.json_body(request)
     email = v.email(body)
-    password = v.text(body, "password", required=True, max_len=256)
+    password = v.password(body, new=False)
     row = await request.app[DB].fetchrow(
         "SELECT id, password_hash FROM admins WHERE lower(email) = $1", email
     )
@@ -65,7 +65,7 @@ async def login(request: web.Request) -> web.Response:
 async def student_login(request: web.Request) -> web.Response:
     body = await v.json_body(request)
     email = v.email(body)
-    password = v.text(body, "password", required=True, max_len=256)
+    password = v.password(body, new=False)
     tenant = v.text(body, "organisation_id", max_len=64)
     rows = await request.app[DB].fetch(
         "SELECT id, admin_id, password_hash FROM students WHERE lower(email) = $1", email
