@@ -55,6 +55,11 @@ def text(
     if not isinstance(value, str):
         raise APIError(422, "invalid_field", f"'{name}' must be a string", field=name)
     value = value.strip()
+    if "\x00" in value:
+        # PostgreSQL text cannot hold U+0000; say so instead of failing on insert.
+        raise APIError(
+            422, "invalid_field", f"'{name}' must not contain NUL characters", field=name
+        )
     if required and not value:
         raise APIError(422, "invalid_field", f"'{name}' must not be empty", field=name)
     if len(value) > max_len:

@@ -96,6 +96,10 @@ async def database_errors(request: web.Request, handler: Handler) -> web.StreamR
     (each request's statements are single statements or run in a transaction)."""
     try:
         return await handler(request)
+    except asyncpg.DataError as e:
+        # A value PostgreSQL cannot store (e.g. \u0000 in JSON) that validation let through.
+        log.warning("database refused a value in %s %s: %s", request.method, request.path, e)
+        raise APIError(422, "invalid_value", "a value in the request cannot be stored") from None
     except _CONNECTION_ERRORS as e:
         log.warning("database unavailable during %s %s: %s", request.method, request.path, e)
         raise APIError(

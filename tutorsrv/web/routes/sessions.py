@@ -6,6 +6,7 @@ admin's tutors. Another tenant's ids answer 404 exactly as missing ones do.
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any
 
@@ -25,6 +26,7 @@ COLUMNS = (
     " s.status, s.created_at, s.expires_at, s.ended_at,"
     " (SELECT count(*) FROM turns WHERE turns.session_id = s.id) AS turns"
 )
+SESSION_ID = re.compile(r"[0-9a-f]{32}")
 FROM = "sessions s JOIN tutors t ON t.id = s.tutor_id JOIN students st ON st.id = s.student_id"
 
 
@@ -127,12 +129,20 @@ async def create_session(request: web.Request) -> web.Response:
     )
 
 
+def _session_id(request: web.Request) -> str:
+    """Engine session ids are 32 hex digits; anything else is simply not found."""
+    raw = request.match_info["session_id"]
+    if not SESSION_ID.fullmatch(raw):
+        raise APIError(404, "session_not_found", "no such session")
+    return raw
+
+
 async def _find(request: web.Request) -> dict[str, Any]:
     who = principal(request)
     where, params = _scope(who, 2)
     row = await request.app[DB].fetchrow(
         f"SELECT {COLUMNS}, s.engine FROM {FROM} WHERE s.id = $1 AND {where}",
-        request.match_info["session_id"],
+        _session_id(request),
         *params,
     )
     if row is None:

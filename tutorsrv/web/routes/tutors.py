@@ -22,6 +22,15 @@ FIELDS: dict[str, tuple[int, bool]] = {
     "voice": (200, False),
     "model": (200, False),
 }
+# What PUT (a replacement) gives the fields it was not sent; the table's defaults.
+DEFAULTS: dict[str, Any] = {
+    "subject": "",
+    "system_prompt": "",
+    "greeting": "",
+    "language": "en",
+    "voice": "",
+    "model": None,
+}
 COLUMNS = (
     "id, name, subject, system_prompt, greeting, language, voice, model, created_at, updated_at"
 )
@@ -79,6 +88,8 @@ async def update_tutor(request: web.Request) -> web.Response:
     tutor_id = path_id(request.match_info["tutor_id"], "tutor")
     # PUT replaces (name required), PATCH changes only the fields sent.
     values = _read(await v.json_body(request), partial=request.method == "PATCH")
+    if request.method == "PUT":
+        values = {**DEFAULTS, **values}
     if not values:
         raise APIError(422, "missing_field", "send at least one field to change")
     sets = ", ".join(f"{key} = ${i}" for i, key in enumerate(values, start=3))
