@@ -89,6 +89,7 @@ async def make_client(
 ) -> AsyncIterator[MakeClient]:
     """Build an app of a role on a test server. Web roles get a fresh database each."""
     databases: list[str] = []
+    clients: list[TestClient] = []
 
     async def factory(role: str = "engine", **sections: dict[str, Any]) -> TestClient:
         sections.setdefault("server", {}).setdefault("state_dir", str(tmp_path / "state"))
@@ -97,9 +98,14 @@ async def make_client(
             databases.append(name)
             sections.setdefault("database", {})["url"] = url
         app: web.Application = create_app(make_config(**sections), role)
-        return await aiohttp_client(app)
+        client = await aiohttp_client(app)
+        clients.append(client)
+        return client
 
     yield factory
+    # Apps stop (and flush their transcripts) while their databases still exist.
+    for client in clients:
+        await client.close()
     for name in databases:
         await drop_database(request.getfixturevalue("postgres_url"), name)
 

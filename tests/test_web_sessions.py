@@ -73,3 +73,28 @@ async def test_knowledge_bases_do_not_exist_yet(make_client: MakeClient) -> None
     assert resp.status == 404
     assert (await resp.json())["error"] == "kb_not_found"
     assert len(client.server.app[REGISTRY]) == 0
+
+
+async def test_deleting_a_tutor_or_student_ends_their_live_sessions(
+    make_client: MakeClient,
+) -> None:
+    client: TestClient = await make_client("all")
+    admin = await register_admin(client)
+    tutor = await create_tutor(client, admin)
+    other_tutor = await create_tutor(client, admin, name="Bo")
+    student = await create_student(client, admin)
+    by_tutor = await start_session(client, admin, tutor, student)
+    by_student = await start_session(client, admin, other_tutor, student)
+    sockets = []
+    for session in (by_tutor, by_student):
+        ws = await client.ws_connect(ws_path(session))
+        assert (await receive_json(ws))["type"] == "session"
+        sockets.append(ws)
+
+    resp = await client.delete(f"/api/tutors/{tutor['id']}", headers=admin["headers"])
+    assert resp.status == 204
+    assert (await expect_close(sockets[0]))[0] == 4410
+    resp = await client.delete(f"/api/students/{student['id']}", headers=admin["headers"])
+    assert resp.status == 204
+    assert (await expect_close(sockets[1]))[0] == 4410
+    assert len(client.server.app[REGISTRY]) == 0

@@ -52,6 +52,7 @@ async def register(request: web.Request) -> web.Response:
 
 async def login(request: web.Request) -> web.Response:
     body = await v.json_body(request)
+    v.only_fields(body, ("email", "password"))
     email = v.email(body)
     password = v.password(body, new=False)
     row = await request.app[DB].fetchrow(
@@ -64,25 +65,30 @@ async def login(request: web.Request) -> web.Response:
 
 async def student_login(request: web.Request) -> web.Response:
     body = await v.json_body(request)
+    v.only_fields(body, ("email", "password", "organisation_id"))
     email = v.email(body)
-    password = v.password(body, new=False)
+    password = v.password(body, new=False) or ""
     tenant = v.text(body, "organisation_id", max_len=64)
     rows = await request.app[DB].fetch(
         "SELECT id, admin_id, password_hash FROM students WHERE lower(email) = $1", email
     )
     if tenant is not None:
-        rows = [r for r in rows if str(r["admin_id"]) == tenant]
-    if len(rows) > 1:
-        # The same email is enrolled by several organisations: the caller must say which.
+        rows = [r for r in rows if str(r["admin_id"]) == tenant.lower()]
+    # Check the password first, so nothing about enrolments is revealed without it.
+    matches = [r for r in rows if await verify_password(r["password_hash"], password)]
+    if not rows:
+        await verify_password(None, password)  # same cost as a real check
+    if not matches:
+        raise APIError(401, "invalid_credentials", INVALID_LOGIN)
+    if len(matches) > 1:
         raise APIError(
             409,
             "organisation_required",
-            "this email is enrolled in several organisations; send 'organisation_id'",
+            "this email and password match students of several organisations; "
+            "send 'organisation_id'",
             field="organisation_id",
         )
-    row = rows[0] if rows else None
-    if not await verify_password(row["password_hash"] if row else None, password or ""):
-        raise APIError(401, "invalid_credentials", INVALID_LOGIN)
+    row = matches[0]
     return _token_response(request, Principal(row["id"], "student", row["admin_id"]))
 
 

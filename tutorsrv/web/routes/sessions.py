@@ -187,6 +187,26 @@ async def delete_session(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+async def end_live_sessions(request: web.Request, column: str, owner: uuid.UUID) -> None:
+    """End on their engines the live sessions of a tutor or student about to be deleted, so
+    no conversation goes on that nobody can see or stop. Raises 503 if an engine is away."""
+    assert column in ("tutor_id", "student_id")
+    who = principal(request)
+    rows = await request.app[DB].fetch(
+        f"SELECT id, engine FROM sessions WHERE {column} = $1 AND admin_id = $2"
+        " AND status = 'active'",
+        owner,
+        who.tenant_id,
+    )
+    for row in rows:
+        try:
+            await request.app[ENGINE_CLIENT].delete_session(row["engine"], row["id"])
+        except EngineUnavailable as e:
+            raise APIError(
+                503, "engine_unavailable", f"could not end a live session on its engine: {e}"
+            ) from None
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/tutors/{tutor_id}/sessions", create_session)
     app.router.add_get("/api/sessions", list_sessions)

@@ -12,6 +12,7 @@ from ...appkeys import DB
 from ...http_errors import APIError
 from ..security import hash_password, require_admin
 from .common import path_id, row_json
+from .sessions import end_live_sessions
 
 COLUMNS = "id, email, name, created_at, updated_at"
 EMAIL_TAKEN = "a student with this email is already enrolled"
@@ -92,6 +93,7 @@ async def update_student(request: web.Request) -> web.Response:
 async def delete_student(request: web.Request) -> web.Response:
     who = require_admin(request)
     student_id = path_id(request.match_info["student_id"], "student")
+    await end_live_sessions(request, "student_id", student_id)
     result = await request.app[DB].execute(
         "DELETE FROM students WHERE id = $1 AND admin_id = $2", student_id, who.tenant_id
     )

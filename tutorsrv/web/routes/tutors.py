@@ -11,6 +11,7 @@ from ...appkeys import DB
 from ...http_errors import APIError
 from ..security import require_admin
 from .common import path_id, row_json
+from .sessions import end_live_sessions
 
 # field: (max length, required on create)
 FIELDS: dict[str, tuple[int, bool]] = {
@@ -108,6 +109,7 @@ async def update_tutor(request: web.Request) -> web.Response:
 async def delete_tutor(request: web.Request) -> web.Response:
     who = require_admin(request)
     tutor_id = path_id(request.match_info["tutor_id"], "tutor")
+    await end_live_sessions(request, "tutor_id", tutor_id)
     result = await request.app[DB].execute(
         "DELETE FROM tutors WHERE id = $1 AND admin_id = $2", tutor_id, who.tenant_id
     )
