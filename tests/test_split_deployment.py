@@ -13,7 +13,6 @@ from .conftest import API_KEY, JWT_SECRET
 from .processes import ServerProcess
 from .web_helpers import PASSWORD
 
-
 # Replies long enough that an interrupt always arrives while one is being generated.
 SLOW_SCRIPTED = {
     "TUTORSRV_LLM_BACKEND": "scripted",

@@ -11,6 +11,7 @@ import asyncpg
 from aiohttp.test_utils import TestClient
 
 from tutorsrv.appkeys import BACKPLANE, DB
+from tutorsrv.backplane import TurnRecord
 
 from .conftest import AUTH, MakeClient, receive_json, receive_until, ws_path
 from .web_helpers import create_student, create_tutor, register_admin, start_session
@@ -195,3 +196,29 @@ async def test_sessions_opened_directly_on_the_engine_are_not_persisted(
     assert await backplane.flush(10)
     count = await client.server.app[DB].fetchval("SELECT count(*) FROM turns")
     assert count == 0
+
+
+async def test_a_turn_the_store_refuses_does_not_block_later_ones(
+    make_client: MakeClient,
+) -> None:
+    client = await make_client("all")
+    admin, session = await setup_session(client)
+    backplane = client.server.app[BACKPLANE]
+    poison = TurnRecord(
+        session_id=session["session_id"],
+        response_id="r_poison",
+        reply_text="bad \x00 byte",
+        reply_at="2026-11-24T08:00:00.000Z",
+    )
+    good = TurnRecord(
+        session_id=session["session_id"],
+        response_id="r_good",
+        reply_text="fine",
+        reply_at="2026-11-24T08:00:01.000Z",
+    )
+    backplane.submit(poison)
+    backplane.submit(good)
+    assert await backplane.flush(10)
+    assert backplane.rejected == 1 and backplane.pending == 0
+    stored = await messages(client, admin, session["session_id"])
+    assert [m["response_id"] for m in stored] == ["r_good"]

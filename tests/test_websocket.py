@@ -342,6 +342,7 @@ async def test_valid_token_for_unknown_session_is_4404(client: TestClient) -> No
         ('{"type": "text"}', "missing_field"),
         ('{"type": "text", "content": 42}', "invalid_field"),
         ('{"type": "text", "content": "   "}', "invalid_field"),
+        ('{"type": "text", "content": "nul\\u0000here"}', "invalid_field"),
         ('{"type": "text", "content": "' + "x" * 4001 + '"}', "text_too_long"),
         ('{"type": "played", "response_id": "r"}', "missing_field"),
         ('{"type": "played", "response_id": "r", "audio_ms": -1}', "invalid_field"),

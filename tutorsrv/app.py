@@ -21,12 +21,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp_jinja2
+import asyncpg
 import jinja2
 from aiohttp import web
 
 from . import pages
 from .appkeys import BACKPLANE, CONFIG, DB, ENGINE_API_KEY, ENGINE_CLIENT, LLM, REGISTRY, ROLE
-from .backplane import Backplane, HttpTurnDelivery, TurnRecord
+from .backplane import Backplane, HttpTurnDelivery, TurnRecord, TurnRejected
 from .config import Config, ConfigError, key_file_path
 from .engine import routes as engine_routes
 from .engine.llm import create_backend
@@ -185,7 +186,10 @@ def _jwt_secret(config: Config, role: str) -> str:
     # `all`: generated once and kept, so logins survive a restart of the single box.
     path = Path(config.server.state_dir) / "jwt-secret"
     if path.exists():
-        return path.read_text().strip()
+        kept = path.read_text().strip()
+        if len(kept) < 32:
+            raise ConfigError(f"{path}: the kept JWT secret is too short; delete the file")
+        return kept
     path.parent.mkdir(parents=True, exist_ok=True)
     secret = secrets.token_urlsafe(48)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -223,7 +227,10 @@ async def _backplane_ctx(app: web.Application) -> AsyncIterator[None]:
     if app[ROLE] == "all":
 
         async def deliver(turn: TurnRecord) -> None:
-            await store_turn(app[DB], turn)
+            try:
+                await store_turn(app[DB], turn)
+            except (asyncpg.DataError, ValueError) as e:
+                raise TurnRejected(f"{type(e).__name__}: {e}") from None
 
     elif config.engine.backplane_url:
         http_delivery = deliver = HttpTurnDelivery(config.engine.backplane_url, app[ENGINE_API_KEY])

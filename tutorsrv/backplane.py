@@ -39,16 +39,24 @@ class TurnRecord:
 Deliver = Callable[[TurnRecord], Awaitable[None]]
 
 
+class TurnRejected(Exception):
+    """The store refused this turn for good (bad data, not a passing outage): retrying it
+    would only hold up every turn queued behind it."""
+
+
 class Backplane:
     def __init__(self, deliver: Deliver, *, max_queue: int = 10_000) -> None:
         self._deliver = deliver
         self._queue: asyncio.Queue[TurnRecord] = asyncio.Queue(max_queue)
+        self._in_flight = 0
         self.dropped = 0
+        self.rejected = 0
         self.retries = 0
 
     @property
     def pending(self) -> int:
-        return self._queue.qsize()
+        """Turns not yet stored: queued plus the one being delivered."""
+        return self._queue.qsize() + self._in_flight
 
     def submit(self, turn: TurnRecord) -> None:
         """Queue a finished turn. Never blocks: safe from a task being cancelled."""
@@ -62,6 +70,7 @@ class Backplane:
         """Deliver queued turns in order, retrying each until it is stored."""
         while True:
             turn = await self._queue.get()
+            self._in_flight = 1
             delay = 0.5
             while True:
                 try:
@@ -69,6 +78,14 @@ class Backplane:
                     break
                 except asyncio.CancelledError:
                     raise
+                except TurnRejected as e:
+                    self.rejected += 1
+                    log.error(
+                        "transcript turn rejected, not retried: %s",
+                        e,
+                        extra={"session_id": turn.session_id},
+                    )
+                    break
                 except Exception as e:
                     self.retries += 1
                     log.warning(
@@ -79,6 +96,7 @@ class Backplane:
                     )
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 30.0)
+            self._in_flight = 0
             self._queue.task_done()
 
     async def flush(self, within: float) -> bool:
@@ -107,6 +125,8 @@ class HttpTurnDelivery:
         if self._http is None:
             self._http = aiohttp.ClientSession(timeout=self._timeout)
         async with self._http.post(self.url, json=turn.to_json(), headers=self._headers) as resp:
+            if resp.status in (400, 413, 415, 422):
+                raise TurnRejected(f"web role answered {resp.status}")
             if resp.status >= 300:
                 raise RuntimeError(f"web role answered {resp.status}")
 

@@ -63,6 +63,8 @@ def parse_client_message(raw: str, *, max_text_chars: int) -> ClientMessage:
         content = _require(data, "content", str)
         if not content.strip():
             raise ProtocolError("invalid_field", "'content' must not be empty")
+        if "\x00" in content:
+            raise ProtocolError("invalid_field", "'content' must not contain NUL characters")
         if len(content) > max_text_chars:
             raise ProtocolError(
                 "text_too_long",

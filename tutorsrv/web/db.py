@@ -65,14 +65,17 @@ async def open_database(config: DatabaseConfig) -> AsyncIterator[asyncpg.Pool]:
             raise DatabaseUnavailable(f"cannot connect to the database: {e}") from None
         try:
             async with pool.acquire() as conn:
-                await apply_migrations(conn)
+                try:
+                    await apply_migrations(conn)
+                except asyncpg.PostgresError as e:
+                    raise DatabaseUnavailable(f"a database migration failed: {e}") from None
             yield pool
         finally:
             await pool.close()
     finally:
         if server is not None:
             await asyncio.to_thread(server.cleanup)
-            log.info("embedded PostgreSQL stopped")
+            log.info("embedded PostgreSQL released (stopped unless another process uses it)")
 
 
 # What a stopped or unreachable database looks like from a handler.

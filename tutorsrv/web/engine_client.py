@@ -153,6 +153,9 @@ class HttpEngineClient:
         raise EngineUnavailable("no engine could take the session: " + "; ".join(problems))
 
     async def delete_session(self, engine: str, session_id: str) -> None:
+        if engine not in self.urls:
+            # Removed from web.engine_urls: retired, its in-memory sessions are gone.
+            return
         try:
             async with self._http.delete(
                 f"{engine}/v1/sessions/{session_id}", headers=self._headers

@@ -23,7 +23,9 @@ from .common import path_id, row_json
 
 COLUMNS = (
     "s.id, s.tutor_id, t.name AS tutor_name, s.student_id, st.name AS student_name, s.kb_id,"
-    " s.status, s.created_at, s.expires_at, s.ended_at,"
+    # The engine ends a session by itself at its maximum duration; say so without asking it.
+    " CASE WHEN s.status = 'active' AND s.expires_at <= now() THEN 'expired' ELSE s.status END"
+    " AS status, s.created_at, s.expires_at, s.ended_at,"
     " (SELECT count(*) FROM turns WHERE turns.session_id = s.id) AS turns"
 )
 SESSION_ID = re.compile(r"[0-9a-f]{32}")
@@ -174,7 +176,7 @@ async def get_messages(request: web.Request) -> web.Response:
 
 async def delete_session(request: web.Request) -> web.Response:
     session = await _find(request)
-    if session["status"] != "ended":
+    if session["status"] == "active":
         try:
             await request.app[ENGINE_CLIENT].delete_session(session["engine"], session["id"])
         except EngineUnavailable as e:
