@@ -507,9 +507,7 @@ async def _school(client: TestClient) -> dict[str, Any]:
 
 
 ADMIN_ONLY: list[tuple[str, str, dict[str, Any] | None]] = [
-    ("GET", "/api/tutors", None),
     ("POST", "/api/tutors", {"name": "Sneaky"}),
-    ("GET", "/api/tutors/{tutor_a}", None),
     ("PUT", "/api/tutors/{tutor_a}", {"name": "Renamed"}),
     ("PATCH", "/api/tutors/{tutor_a}", {"name": "Renamed"}),
     ("DELETE", "/api/tutors/{tutor_a}", None),
@@ -523,9 +521,27 @@ ADMIN_ONLY: list[tuple[str, str, dict[str, Any] | None]] = [
 ]
 
 
+async def test_student_reads_its_organisations_tutors_without_the_persona(
+    make_client: MakeClient,
+) -> None:
+    client = await web_client(make_client)
+    school = await _school(client)
+    listing = await client.get("/api/tutors", headers=school["headers"])
+    assert listing.status == 200
+    tutors = (await listing.json())["tutors"]
+    assert [t["id"] for t in tutors] == [school["tutor_a"]["id"]]  # not the other school's
+    assert "system_prompt" not in tutors[0] and "model" not in tutors[0]
+    assert tutors[0]["name"] == school["tutor_a"]["name"]
+    one = await client.get(f"/api/tutors/{school['tutor_a']['id']}", headers=school["headers"])
+    assert one.status == 200 and "system_prompt" not in await one.json()
+    other = await client.get(f"/api/tutors/{school['tutor_b']['id']}", headers=school["headers"])
+    assert (await error_of(other, 404))["error"] == "tutor_not_found"
+
+
 async def test_student_is_refused_admin_endpoints(make_client: MakeClient) -> None:
-    """Every verb on /api/tutors and /api/students answers a student 403 admin_only, and
-    changes nothing. (One school for the whole matrix: each account costs an argon2 hash.)"""
+    """Every write on /api/tutors and every verb on /api/students answers a student 403
+    admin_only, and changes nothing. (One school for the whole matrix: each account costs
+    an argon2 hash.)"""
     client = await web_client(make_client)
     school = await _school(client)
     admin = school["admin_a"]["headers"]

