@@ -196,3 +196,47 @@ async def test_all_role_keeps_everything_across_a_restart(
         assert server.stop() == 0
     finally:
         server.kill()
+
+
+async def test_engine_tells_the_web_role_when_it_expires_a_session(
+    tmp_path: Path, database_url: str
+) -> None:
+    engine = ServerProcess("engine", {}, tmp_path)
+    web = ServerProcess("web", {}, tmp_path)
+    engine.env.update(
+        {
+            "TUTORSRV_ENGINE_API_KEY": API_KEY,
+            "TUTORSRV_ENGINE_BACKPLANE_URL": web.base,
+            "TUTORSRV_ENGINE_SESSION_TIMEOUT_SECONDS": "1",
+            "TUTORSRV_ENGINE_REAPER_INTERVAL_SECONDS": "0.2",
+            "TUTORSRV_LLM_BACKEND": "scripted",
+        }
+    )
+    web.env.update(
+        {
+            "TUTORSRV_ENGINE_API_KEY": API_KEY,
+            "TUTORSRV_WEB_JWT_SECRET": JWT_SECRET,
+            "TUTORSRV_WEB_ENGINE_URLS": engine.base,
+            "DATABASE_URL": database_url,
+        }
+    )
+    try:
+        await engine.start()
+        await web.start()
+        async with aiohttp.ClientSession() as http:
+            tenant = await set_up_tenant(http, web.base)
+            status, session = await open_session(http, web.base, tenant)
+            assert status == 201
+            url = f"{web.base}/api/sessions/{session['session_id']}"
+            deadline = time.monotonic() + 20
+            while True:
+                status, row = await call(http, "GET", url, tenant["token"])
+                if row["status"] != "active":
+                    break
+                assert time.monotonic() < deadline, "the web role never heard of the expiry"
+                await asyncio.sleep(0.1)
+            assert row["status"] == "expired" and row["ended_at"]
+        assert engine.stop() == 0 and web.stop() == 0
+    finally:
+        engine.kill()
+        web.kill()

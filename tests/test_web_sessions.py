@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 from aiohttp.test_utils import TestClient
 
 from tutorsrv.appkeys import REGISTRY
 
-from .conftest import MakeClient, expect_close, receive_json, ws_path
+from .conftest import AUTH, MakeClient, expect_close, receive_json, ws_path
 from .web_helpers import create_student, create_tutor, register_admin, start_session
 
 
@@ -98,3 +101,49 @@ async def test_deleting_a_tutor_or_student_ends_their_live_sessions(
     assert resp.status == 204
     assert (await expect_close(sockets[1]))[0] == 4410
     assert len(client.server.app[REGISTRY]) == 0
+
+
+async def test_the_web_record_follows_the_engine_when_it_expires_a_session(
+    make_client: MakeClient,
+) -> None:
+    client: TestClient = await make_client("all", engine={"session_timeout_seconds": 0.3})
+    admin = await register_admin(client)
+    tutor = await create_tutor(client, admin)
+    student = await create_student(client, admin)
+    session = await start_session(client, admin, tutor, student)
+    ws = await client.ws_connect(ws_path(session))
+    assert (await receive_json(ws))["type"] == "session"
+    assert (await expect_close(ws))[0] == 4408  # the reaper, on the engine's clock
+
+    url = f"/api/sessions/{session['session_id']}"
+    deadline = time.monotonic() + 10
+    while (row := await (await client.get(url, headers=admin["headers"])).json())[
+        "status"
+    ] == "active":
+        assert time.monotonic() < deadline, "the web record never followed the engine"
+        await asyncio.sleep(0.05)
+    assert row["status"] == "expired" and row["ended_at"]
+    # Deleting it now asks no engine and changes nothing.
+    assert (await client.delete(url, headers=admin["headers"])).status == 204
+    assert (await (await client.get(url, headers=admin["headers"])).json())["status"] == "expired"
+
+
+async def test_internal_session_end_endpoint(make_client: MakeClient) -> None:
+    client: TestClient = await make_client("all")
+    admin = await register_admin(client)
+    tutor = await create_tutor(client, admin)
+    student = await create_student(client, admin)
+    session = await start_session(client, admin, tutor, student)
+    url = f"/internal/v1/sessions/{session['session_id']}/end"
+    event = {"reason": "expired", "ended_at": "2026-11-24T09:00:00.000Z"}
+    assert (await client.post(url, json=event)).status == 401
+    bad = await client.post(url, json={**event, "reason": "bored"}, headers=AUTH)
+    assert bad.status == 422 and (await bad.json())["field"] == "reason"
+    first = await client.post(url, json=event, headers=AUTH)
+    assert await first.json() == {"changed": True}
+    again = await client.post(url, json=event, headers=AUTH)
+    assert await again.json() == {"changed": False}
+    row = await (
+        await client.get(f"/api/sessions/{session['session_id']}", headers=admin["headers"])
+    ).json()
+    assert row["status"] == "expired"

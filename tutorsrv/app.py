@@ -27,7 +27,14 @@ from aiohttp import web
 
 from . import pages
 from .appkeys import BACKPLANE, CONFIG, DB, ENGINE_API_KEY, ENGINE_CLIENT, LLM, REGISTRY, ROLE
-from .backplane import Backplane, HttpTurnDelivery, TurnRecord, TurnRejected
+from .backplane import (
+    Backplane,
+    Event,
+    EventRejected,
+    HttpDelivery,
+    SessionEnded,
+    TurnRecord,
+)
 from .config import Config, ConfigError, key_file_path
 from .engine import routes as engine_routes
 from .engine.llm import create_backend
@@ -35,12 +42,12 @@ from .engine.public_url import WEBSOCKET_PATH
 from .engine.websocket import session_socket
 from .health import health
 from .http_errors import json_errors
-from .registry import SessionRegistry, TokenSigner
+from .registry import SessionRegistry, TokenSigner, now_iso
 from .web.db import database_errors, open_database
 from .web.engine_client import HttpEngineClient, InProcessEngineClient
 from .web.routes import auth, internal, sessions, students, tutors
 from .web.security import ACCOUNT_TOKENS, AccountTokens, make_authenticate
-from .web.transcripts import store_turn
+from .web.transcripts import mark_session_ended, store_turn
 
 log = logging.getLogger(__name__)
 
@@ -220,26 +227,32 @@ async def _engine_client_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _backplane_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Where the engine's finished turns go: the database (all), the web role (engine with
-    engine.backplane_url), or nowhere (engine alone: history lives in memory only)."""
+    """Where the engine's finished turns and session ends go: the database (all), the web
+    role (engine with engine.backplane_url), or nowhere (engine alone: memory only)."""
     config = app[CONFIG]
     http_delivery = None
     if app[ROLE] == "all":
 
-        async def deliver(turn: TurnRecord) -> None:
+        async def deliver(event: Event) -> None:
             try:
-                await store_turn(app[DB], turn)
+                if isinstance(event, TurnRecord):
+                    await store_turn(app[DB], event)
+                else:
+                    await mark_session_ended(app[DB], event)
             except (asyncpg.DataError, ValueError) as e:
-                raise TurnRejected(f"{type(e).__name__}: {e}") from None
+                raise EventRejected(f"{type(e).__name__}: {e}") from None
 
     elif config.engine.backplane_url:
-        http_delivery = deliver = HttpTurnDelivery(config.engine.backplane_url, app[ENGINE_API_KEY])
+        http_delivery = deliver = HttpDelivery(config.engine.backplane_url, app[ENGINE_API_KEY])
     else:
         log.info("engine.backplane_url not set: transcripts are not persisted")
         yield
         return
     backplane = Backplane(deliver)
     app[BACKPLANE] = backplane
+    app[REGISTRY].on_end = lambda session_id, reason: backplane.submit(
+        SessionEnded(session_id, reason, now_iso())
+    )
     worker = asyncio.create_task(backplane.run(), name="transcript-delivery")
     try:
         yield

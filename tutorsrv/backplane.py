@@ -1,6 +1,7 @@
-"""The Backplane: how an engine hands finished turns to the web role's transcript store.
+"""The Backplane: how an engine hands finished turns, and the ends of sessions, to the web
+role's store.
 
-Turns are queued (bounded) and delivered by one worker task with retries and back-off, so a
+Events are queued (bounded) and delivered by one worker task with retries and back-off, so a
 web role or database that is briefly away loses nothing, and the conversation never waits on
 it. Two deliveries exist: straight into the database (``all``, one process), or an HTTP POST
 to the web role's ``/internal/v1/turns`` with the service key (``engine`` in a split
@@ -36,18 +37,31 @@ class TurnRecord:
         return asdict(self)
 
 
-Deliver = Callable[[TurnRecord], Awaitable[None]]
+@dataclass
+class SessionEnded:
+    """The engine ended a session by itself (idle or over age: "expired") or on request."""
+
+    session_id: str
+    reason: str  # "ended" | "expired"
+    ended_at: str  # ISO 8601
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
 
 
-class TurnRejected(Exception):
-    """The store refused this turn for good (bad data, not a passing outage): retrying it
+Event = TurnRecord | SessionEnded
+Deliver = Callable[[Event], Awaitable[None]]
+
+
+class EventRejected(Exception):
+    """The store refused this event for good (bad data, not a passing outage): retrying it
     would only hold up every turn queued behind it."""
 
 
 class Backplane:
     def __init__(self, deliver: Deliver, *, max_queue: int = 10_000) -> None:
         self._deliver = deliver
-        self._queue: asyncio.Queue[TurnRecord] = asyncio.Queue(max_queue)
+        self._queue: asyncio.Queue[Event] = asyncio.Queue(max_queue)
         self._in_flight = 0
         self.dropped = 0
         self.rejected = 0
@@ -58,32 +72,34 @@ class Backplane:
         """Turns not yet stored: queued plus the one being delivered."""
         return self._queue.qsize() + self._in_flight
 
-    def submit(self, turn: TurnRecord) -> None:
-        """Queue a finished turn. Never blocks: safe from a task being cancelled."""
+    def submit(self, event: Event) -> None:
+        """Queue an event. Never blocks: safe from a task being cancelled."""
         try:
-            self._queue.put_nowait(turn)
+            self._queue.put_nowait(event)
         except asyncio.QueueFull:
             self.dropped += 1
-            log.error("transcript queue full; turn dropped", extra={"session_id": turn.session_id})
+            log.error(
+                "transcript queue full; event dropped", extra={"session_id": event.session_id}
+            )
 
     async def run(self) -> None:
-        """Deliver queued turns in order, retrying each until it is stored."""
+        """Deliver queued events in order, retrying each until it is stored."""
         while True:
-            turn = await self._queue.get()
+            event = await self._queue.get()
             self._in_flight = 1
             delay = 0.5
             while True:
                 try:
-                    await self._deliver(turn)
+                    await self._deliver(event)
                     break
                 except asyncio.CancelledError:
                     raise
-                except TurnRejected as e:
+                except EventRejected as e:
                     self.rejected += 1
                     log.error(
-                        "transcript turn rejected, not retried: %s",
+                        "transcript event rejected, not retried: %s",
                         e,
-                        extra={"session_id": turn.session_id},
+                        extra={"session_id": event.session_id},
                     )
                     break
                 except Exception as e:
@@ -92,7 +108,7 @@ class Backplane:
                         "transcript delivery failed (%s); retrying in %.1fs",
                         _describe(e),
                         delay,
-                        extra={"session_id": turn.session_id},
+                        extra={"session_id": event.session_id},
                     )
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 30.0)
@@ -112,21 +128,25 @@ def _describe(error: Exception) -> str:
     return f"{type(error).__name__}: {error}"[:200]
 
 
-class HttpTurnDelivery:
-    """Posts turns to the web role. The service key travels in the header, never in logs."""
+class HttpDelivery:
+    """Posts events to the web role. The service key travels in the header, never in logs."""
 
     def __init__(self, base_url: str, api_key: str, timeout: float = 10.0) -> None:
-        self.url = base_url.rstrip("/") + "/internal/v1/turns"
+        self.base = base_url.rstrip("/") + "/internal/v1"
         self._headers = {"Authorization": f"Bearer {api_key}"}
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._http: aiohttp.ClientSession | None = None
 
-    async def __call__(self, turn: TurnRecord) -> None:
+    async def __call__(self, event: Event) -> None:
         if self._http is None:
             self._http = aiohttp.ClientSession(timeout=self._timeout)
-        async with self._http.post(self.url, json=turn.to_json(), headers=self._headers) as resp:
+        if isinstance(event, TurnRecord):
+            url = f"{self.base}/turns"
+        else:
+            url = f"{self.base}/sessions/{event.session_id}/end"
+        async with self._http.post(url, json=event.to_json(), headers=self._headers) as resp:
             if resp.status in (400, 413, 415, 422):
-                raise TurnRejected(f"web role answered {resp.status}")
+                raise EventRejected(f"web role answered {resp.status}")
             if resp.status >= 300:
                 raise RuntimeError(f"web role answered {resp.status}")
 

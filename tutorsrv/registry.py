@@ -201,6 +201,8 @@ class SessionRegistry:
         self._wall = wall_clock
         # Closing a socket waits on the client; these tasks belong to the registry.
         self._closing: set[asyncio.Task[None]] = set()
+        # Told of every end (the web role's record follows it through the Backplane).
+        self.on_end: Callable[[str, EndReason], None] | None = None
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -272,6 +274,8 @@ class SessionRegistry:
             self._close_later(session.socket, code, text)
             session.socket = None
         log.info("session %s", reason, extra={"session_id": session_id})
+        if self.on_end is not None:
+            self.on_end(session_id, reason)
         return True
 
     def reap(self) -> list[str]:

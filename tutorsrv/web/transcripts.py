@@ -9,7 +9,7 @@ from typing import Any
 
 import asyncpg
 
-from ..backplane import TurnRecord
+from ..backplane import SessionEnded, TurnRecord
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,20 @@ async def store_turn(db: asyncpg.Pool, turn: TurnRecord) -> bool:
         log.debug("turn for a session without a web record", extra={"session_id": turn.session_id})
         return False
     return result == "INSERT 0 1"
+
+
+async def mark_session_ended(db: asyncpg.Pool, event: SessionEnded) -> bool:
+    """Follow the engine: an active session becomes ended or expired. Returns True if the
+    record changed (False: already ended here, or not a web-role session)."""
+    if event.reason not in ("ended", "expired"):
+        raise ValueError(f"unknown end reason {event.reason!r}")
+    result = await db.execute(
+        "UPDATE sessions SET status = $2, ended_at = $3 WHERE id = $1 AND status = 'active'",
+        event.session_id,
+        event.reason,
+        _when(event.ended_at),
+    )
+    return result == "UPDATE 1"
 
 
 async def session_messages(db: asyncpg.Pool, session_id: str) -> list[dict[str, Any]]:

@@ -8,10 +8,10 @@ from aiohttp import web
 
 from ... import validation as v
 from ...appkeys import DB
-from ...backplane import TurnRecord
+from ...backplane import SessionEnded, TurnRecord
 from ...engine.routes import require_service_key
 from ...http_errors import APIError
-from ..transcripts import store_turn
+from ..transcripts import mark_session_ended, store_turn
 
 MAX_TEXT = 100_000
 
@@ -45,7 +45,28 @@ async def post_turn(request: web.Request) -> web.Response:
     return web.json_response({"stored": stored}, status=201 if stored else 200)
 
 
+async def post_session_end(request: web.Request) -> web.Response:
+    body = await v.json_body(request)
+    v.only_fields(body, SessionEnded.__dataclass_fields__)
+    reason = v.text(body, "reason", required=True, max_len=16)
+    if reason not in ("ended", "expired"):
+        raise APIError(422, "invalid_field", "'reason' must be ended or expired", field="reason")
+    event = SessionEnded(
+        session_id=request.match_info["session_id"],
+        reason=reason,
+        ended_at=v.text(body, "ended_at", required=True, max_len=40),  # type: ignore[arg-type]
+    )
+    try:
+        changed = await mark_session_ended(request.config_dict[DB], event)
+    except ValueError:
+        raise APIError(
+            422, "invalid_field", "'ended_at' must be ISO 8601", field="ended_at"
+        ) from None
+    return web.json_response({"changed": changed})
+
+
 def internal_api() -> web.Application:
     internal = web.Application(middlewares=[require_service_key])
     internal.router.add_post("/turns", post_turn)
+    internal.router.add_post("/sessions/{session_id}/end", post_session_end)
     return internal
