@@ -26,7 +26,18 @@ import jinja2
 from aiohttp import web
 
 from . import pages
-from .appkeys import BACKPLANE, CONFIG, DB, ENGINE_API_KEY, ENGINE_CLIENT, LLM, REGISTRY, ROLE
+from .appkeys import (
+    BACKPLANE,
+    CONFIG,
+    DB,
+    ENGINE_API_KEY,
+    ENGINE_CLIENT,
+    INGESTOR,
+    KNOWLEDGE,
+    LLM,
+    REGISTRY,
+    ROLE,
+)
 from .backplane import (
     Backplane,
     Event,
@@ -42,10 +53,12 @@ from .engine.public_url import WEBSOCKET_PATH
 from .engine.websocket import session_socket
 from .health import health
 from .http_errors import json_errors
+from .knowledge import HttpKnowledgeSearch, KnowledgeSearch
 from .registry import SessionRegistry, TokenSigner, now_iso
 from .web.db import database_errors, open_database
 from .web.engine_client import HttpEngineClient, InProcessEngineClient
-from .web.routes import auth, internal, sessions, students, tutors
+from .web.rag import DatabaseKnowledgeSearch, Embedder, Ingestor
+from .web.routes import auth, internal, kbs, sessions, students, tutors
 from .web.security import ACCOUNT_TOKENS, AccountTokens, make_authenticate
 from .web.transcripts import mark_session_ended, store_turn
 
@@ -96,11 +109,13 @@ def _setup_web(app: web.Application, config: Config, role: str) -> None:
         )
     app[ACCOUNT_TOKENS] = AccountTokens(_jwt_secret(config, role), config.web.access_token_seconds)
     app.cleanup_ctx.append(_database_ctx)
+    app.cleanup_ctx.append(_ingestor_ctx)
     app.cleanup_ctx.append(_engine_client_ctx)
     auth.add_routes(app)
     tutors.add_routes(app)
     students.add_routes(app)
     sessions.add_routes(app)
+    kbs.add_routes(app)
     app.add_subapp("/internal/v1", internal.internal_api())
 
 
@@ -114,6 +129,7 @@ def _setup_engine(app: web.Application, config: Config, role: str) -> None:
     )
     app[LLM] = create_backend(config.llm)
     app.cleanup_ctx.append(_backplane_ctx)
+    app.cleanup_ctx.append(_knowledge_ctx)
     app.cleanup_ctx.append(_llm_ctx)
     app.cleanup_ctx.append(_reaper_ctx)
     app.on_shutdown.append(_close_sockets)
@@ -263,3 +279,39 @@ async def _backplane_ctx(app: web.Application) -> AsyncIterator[None]:
         await asyncio.gather(worker, return_exceptions=True)
         if http_delivery is not None:
             await http_delivery.close()
+
+
+async def _ingestor_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Web side of knowledge bases: the background ingestion of uploads, and the optional
+    embeddings client shared with search."""
+    kb = app[CONFIG].kb
+    embedder = (
+        Embedder(kb.embeddings_url, kb.embeddings_model, kb.embeddings_api_key)
+        if kb.embeddings_url
+        else None
+    )
+    ingestor = Ingestor(lambda: app[DB], kb, embedder)
+    app[INGESTOR] = ingestor
+    try:
+        yield
+    finally:
+        await ingestor.close()
+
+
+async def _knowledge_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Engine side: where a turn's passages come from (see knowledge.py)."""
+    config = app[CONFIG]
+    knowledge: KnowledgeSearch | None = None
+    if app[ROLE] == "all":
+        knowledge = DatabaseKnowledgeSearch(lambda: app[DB], app[INGESTOR].embedder)
+    elif config.engine.backplane_url:
+        knowledge = HttpKnowledgeSearch(
+            config.engine.backplane_url, app[ENGINE_API_KEY], config.kb.search_timeout_seconds
+        )
+    if knowledge is not None:
+        app[KNOWLEDGE] = knowledge
+    try:
+        yield
+    finally:
+        if knowledge is not None:
+            await knowledge.close()

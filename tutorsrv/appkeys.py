@@ -8,8 +8,10 @@ from aiohttp import web
 from .backplane import Backplane
 from .config import Config
 from .engine.llm.base import LLMBackend
+from .knowledge import KnowledgeSearch
 from .registry import SessionRegistry
 from .web.engine_client import EngineClient
+from .web.rag import Ingestor
 
 CONFIG = web.AppKey("config", Config)
 ROLE = web.AppKey("role", str)
@@ -22,3 +24,6 @@ DB = web.AppKey("db", asyncpg.Pool)
 ENGINE_CLIENT = web.AppKey("engine_client", EngineClient)
 # Engine side: where finished turns go (absent when nothing persists them).
 BACKPLANE = web.AppKey("backplane", Backplane)
+# Knowledge bases: background ingestion (web side) and passage search (engine side).
+INGESTOR = web.AppKey("ingestor", Ingestor)
+KNOWLEDGE = web.AppKey("knowledge", KnowledgeSearch)

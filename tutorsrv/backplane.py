@@ -32,6 +32,8 @@ class TurnRecord:
     student_text: str | None = None  # None for the tutor's greeting
     student_at: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
+    # Knowledge-base passages the reply was given: document, heading, excerpt, score.
+    sources: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

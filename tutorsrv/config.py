@@ -122,6 +122,25 @@ class WebConfig:
 
 
 @dataclass
+class KBConfig:
+    """Knowledge bases: uploads, chunking, retrieval."""
+
+    max_upload_bytes: int = 10 * 1024 * 1024
+    # Chunks aim at this many characters, and repeat this many of the previous chunk's end.
+    chunk_chars: int = 900
+    chunk_overlap_chars: int = 150
+    # Passages put in front of each student turn.
+    top_k: int = 3
+    # Where the engine's search waits no longer; a turn is answered without passages then.
+    search_timeout_seconds: float = 3.0
+    # Optional: an OpenAI-compatible /v1/embeddings server (vLLM, llama.cpp's server, ...) for
+    # hybrid ranking (full text + pgvector). Base URL without /v1, e.g. http://10.0.0.7:8001.
+    embeddings_url: str = ""
+    embeddings_model: str = ""
+    embeddings_api_key: str = ""
+
+
+@dataclass
 class DatabaseConfig:
     # postgresql://user:pass@host/db. Empty: $DATABASE_URL, else an embedded PostgreSQL.
     url: str = ""
@@ -138,6 +157,7 @@ class Config:
     asr: ASRConfig = field(default_factory=ASRConfig)
     tts: TTSConfig = field(default_factory=TTSConfig)
     web: WebConfig = field(default_factory=WebConfig)
+    kb: KBConfig = field(default_factory=KBConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
 
 
@@ -298,6 +318,19 @@ def validate(config: Config) -> None:
     if d.url and urlsplit(d.url).scheme not in ("postgresql", "postgres"):
         raise ConfigError("database.url: must start with postgresql://")
     _positive("database.pool_max_size", d.pool_max_size)
+    k = config.kb
+    _positive("kb.max_upload_bytes", k.max_upload_bytes)
+    _positive("kb.top_k", k.top_k)
+    _positive("kb.search_timeout_seconds", k.search_timeout_seconds)
+    if k.chunk_chars < 200:
+        raise ConfigError("kb.chunk_chars: must be at least 200")
+    if not 0 <= k.chunk_overlap_chars < k.chunk_chars // 2:
+        raise ConfigError("kb.chunk_overlap_chars: must be 0 or more and under half of chunk_chars")
+    if k.embeddings_url:
+        if urlsplit(k.embeddings_url).scheme not in ("http", "https"):
+            raise ConfigError(f"kb.embeddings_url: {k.embeddings_url!r} is not an http(s) URL")
+        if not k.embeddings_model:
+            raise ConfigError("kb.embeddings_model: required with kb.embeddings_url")
     if m.backend in LLM_BACKENDS_PLANNED:
         raise ConfigError(
             f"llm.backend: {m.backend!r} is not available yet in this version "

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..backplane import TurnRecord
+from ..knowledge import KnowledgeSearch
 from ..registry import Message, Session, SessionRegistry, now_iso
 from . import protocol
 from .llm.base import ChatMessage, GenerationStats, LLMBackend
@@ -46,6 +47,7 @@ class Response:
     # Generation is over; the reply is whole and only being reported.
     finishing: bool = False
     recorded: bool = False
+    sources: list[dict[str, Any]] = field(default_factory=list)
 
     def metrics(self) -> dict[str, Any]:
         finished = time.monotonic()
@@ -73,6 +75,9 @@ class Conversation:
         *,
         default_system_prompt: str,
         record_turn: Callable[[TurnRecord], None] | None = None,
+        knowledge: KnowledgeSearch | None = None,
+        top_k: int = 3,
+        search_timeout: float = 3.0,
     ) -> None:
         self.session = session
         self.registry = registry
@@ -80,6 +85,9 @@ class Conversation:
         self.send = send
         self.default_system_prompt = default_system_prompt
         self.record_turn = record_turn
+        self.knowledge = knowledge
+        self.top_k = top_k
+        self.search_timeout = search_timeout
         self._task: asyncio.Task[None] | None = None
         self._response: Response | None = None
 
@@ -89,11 +97,8 @@ class Conversation:
         student = Message("user", content, now_iso())
         self.session.history.append(student)
         self.registry.touch(self.session)
-        stats = GenerationStats()
-        self._start(
-            self.llm.stream(self._prompt(), stats),
-            Response(_new_id(), student, stats, time.monotonic()),
-        )
+        response = Response(_new_id(), student, GenerationStats(), time.monotonic())
+        self._start(self._answer(response), response)
 
     async def greet(self) -> None:
         greeting = self.session.tutor.greeting.strip()
@@ -135,12 +140,60 @@ class Conversation:
         self._response = response
         self._task = asyncio.get_running_loop().create_task(self._respond(response, pieces))
 
-    def _prompt(self) -> list[ChatMessage]:
+    async def _answer(self, response: Response) -> AsyncIterator[str]:
+        """Find course passages (if the session has a knowledge base), then stream the reply.
+        Runs inside the response task, so an interrupt stops the search too."""
+        question = response.answering.content if response.answering else ""
+        passages = await self._passages(question)
+        if passages:
+            response.sources = [{k: v for k, v in p.items() if k != "content"} for p in passages]
+            await self.send(
+                {"type": "sources", "response_id": response.id, "sources": response.sources}
+            )
+        async with aclosing(self.llm.stream(self._prompt(passages), response.stats)) as stream:
+            async for piece in stream:
+                yield piece
+
+    async def _passages(self, question: str) -> list[dict[str, Any]]:
+        kb_id = self.session.kb_id
+        if not kb_id or self.knowledge is None or not question:
+            return []
+        try:
+            async with asyncio.timeout(self.search_timeout):
+                return await self.knowledge.search(kb_id, question, self.top_k)
+        except Exception as e:  # a turn without passages beats no turn
+            log.warning(
+                "knowledge search failed: %s",
+                type(e).__name__,
+                extra={"session_id": self.session.id},
+            )
+            await self.send(
+                protocol.error("kb_unavailable", "course material could not be searched this turn")
+            )
+            return []
+
+    def _prompt(self, passages: list[dict[str, Any]] | None = None) -> list[ChatMessage]:
+        """System prompt, then the conversation. Passages go into the newest student turn
+        only: everything before it stays byte-identical from turn to turn, so the model's
+        prompt cache covers the system prompt and the whole history."""
         system = self.session.tutor.system_prompt.strip() or self.default_system_prompt
         messages: list[ChatMessage] = [{"role": "system", "content": system}]
         for m in self.session.history:
             if m.content:
                 messages.append({"role": m.role, "content": m.content})
+        if passages and messages[-1]["role"] == "user":
+            material = "\n\n".join(
+                f"[{i}] {p['document']}{' — ' + p['heading'] if p['heading'] else ''}\n"
+                f"{p['content']}"
+                for i, p in enumerate(passages, start=1)
+            )
+            messages[-1] = {
+                "role": "user",
+                "content": (
+                    "Course material that may help (cite it as [1], [2], ...):\n\n"
+                    f"{material}\n\nStudent: {messages[-1]['content']}"
+                ),
+            }
         return messages
 
     async def _respond(self, response: Response, pieces: AsyncIterator[str]) -> None:
@@ -216,6 +269,7 @@ class Conversation:
                     student_text=student.content if student else None,
                     student_at=student.timestamp if student else None,
                     metrics=metrics or response.metrics(),
+                    sources=response.sources,
                 )
             )
         return message

@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from ..appkeys import BACKPLANE, CONFIG, LLM, REGISTRY
+from ..appkeys import BACKPLANE, CONFIG, KNOWLEDGE, LLM, REGISTRY
 from ..registry import Session, TokenError, iso
 from . import protocol
 from .conversation import Conversation
@@ -102,6 +102,9 @@ async def session_socket(request: web.Request) -> web.WebSocketResponse:
         connection.send,
         default_system_prompt=request.app[CONFIG].llm.default_system_prompt,
         record_turn=backplane.submit if (backplane := request.app.get(BACKPLANE)) else None,
+        knowledge=request.app.get(KNOWLEDGE),
+        top_k=request.app[CONFIG].kb.top_k,
+        search_timeout=request.app[CONFIG].kb.search_timeout_seconds,
     )
     connection.conversation = conversation
     registry.attach(session, connection)

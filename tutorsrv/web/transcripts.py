@@ -24,7 +24,8 @@ async def store_turn(db: asyncpg.Pool, turn: TurnRecord) -> bool:
     try:
         result = await db.execute(
             "INSERT INTO turns (session_id, response_id, student_text, student_at, reply_text,"
-            " reply_at, interrupted, metrics) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+            " reply_at, interrupted, metrics, sources)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
             " ON CONFLICT (session_id, response_id) DO NOTHING",
             turn.session_id,
             turn.response_id,
@@ -34,6 +35,7 @@ async def store_turn(db: asyncpg.Pool, turn: TurnRecord) -> bool:
             _when(turn.reply_at),
             turn.interrupted,
             json.dumps(turn.metrics),
+            json.dumps(turn.sources),
         )
     except asyncpg.ForeignKeyViolationError:
         log.debug("turn for a session without a web record", extra={"session_id": turn.session_id})
@@ -58,7 +60,8 @@ async def mark_session_ended(db: asyncpg.Pool, event: SessionEnded) -> bool:
 async def session_messages(db: asyncpg.Pool, session_id: str) -> list[dict[str, Any]]:
     """The conversation as a list of messages, oldest first (each turn gives one or two)."""
     rows = await db.fetch(
-        "SELECT response_id, student_text, student_at, reply_text, reply_at, interrupted, metrics"
+        "SELECT response_id, student_text, student_at, reply_text, reply_at, interrupted, metrics,"
+        " sources"
         " FROM turns WHERE session_id = $1 ORDER BY reply_at, id",
         session_id,
     )
@@ -81,6 +84,7 @@ async def session_messages(db: asyncpg.Pool, session_id: str) -> list[dict[str, 
                 "response_id": row["response_id"],
                 "interrupted": row["interrupted"],
                 "metrics": json.loads(row["metrics"]),
+                "sources": json.loads(row["sources"]),
             }
         )
     return messages

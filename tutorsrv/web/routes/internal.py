@@ -7,10 +7,11 @@ from typing import Any
 from aiohttp import web
 
 from ... import validation as v
-from ...appkeys import DB
+from ...appkeys import DB, INGESTOR
 from ...backplane import SessionEnded, TurnRecord
 from ...engine.routes import require_service_key
 from ...http_errors import APIError
+from .. import rag
 from ..transcripts import mark_session_ended, store_turn
 
 MAX_TEXT = 100_000
@@ -21,6 +22,9 @@ def _turn(body: dict[str, Any]) -> TurnRecord:
     metrics = body.get("metrics", {})
     if not isinstance(metrics, dict):
         raise APIError(422, "invalid_field", "'metrics' must be an object", field="metrics")
+    sources = body.get("sources", [])
+    if not isinstance(sources, list) or not all(isinstance(x, dict) for x in sources):
+        raise APIError(422, "invalid_field", "'sources' must be a list of objects", field="sources")
     interrupted = body.get("interrupted", False)
     if not isinstance(interrupted, bool):
         raise APIError(422, "invalid_field", "'interrupted' must be a boolean", field="interrupted")
@@ -33,6 +37,7 @@ def _turn(body: dict[str, Any]) -> TurnRecord:
         student_text=v.text(body, "student_text", max_len=MAX_TEXT, nullable=True),
         student_at=v.text(body, "student_at", max_len=40, nullable=True),
         metrics=metrics,
+        sources=sources,
     )
 
 
@@ -65,8 +70,24 @@ async def post_session_end(request: web.Request) -> web.Response:
     return web.json_response({"changed": changed})
 
 
+async def search_kb(request: web.Request) -> web.Response:
+    """Passages for an engine's turn (the engine is trusted with the service key)."""
+    body = await v.json_body(request)
+    v.only_fields(body, ("query", "k"))
+    query = v.text(body, "query", required=True, max_len=MAX_TEXT) or ""
+    k = body.get("k", 3)
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 20:
+        raise APIError(422, "invalid_field", "'k' must be an integer from 1 to 20", field="k")
+    ingestor = request.config_dict[INGESTOR]
+    passages = await rag.search(
+        request.config_dict[DB], request.match_info["kb_id"], query, k, ingestor.embedder
+    )
+    return web.json_response({"passages": passages})
+
+
 def internal_api() -> web.Application:
     internal = web.Application(middlewares=[require_service_key])
     internal.router.add_post("/turns", post_turn)
     internal.router.add_post("/sessions/{session_id}/end", post_session_end)
+    internal.router.add_post("/kbs/{kb_id}/search", search_kb)
     return internal

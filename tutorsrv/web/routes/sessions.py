@@ -60,7 +60,7 @@ async def create_session(request: web.Request) -> web.Response:
     kb_id = v.text(body, "kb_id", max_len=64, nullable=True)
 
     tutor = await db.fetchrow(
-        "SELECT id, name, system_prompt, greeting, voice, language FROM tutors"
+        "SELECT id, name, system_prompt, greeting, voice, language, kb_id FROM tutors"
         " WHERE id = $1 AND admin_id = $2",
         tutor_id,
         who.tenant_id,
@@ -73,8 +73,18 @@ async def create_session(request: web.Request) -> web.Response:
     if student is None:
         raise APIError(404, "student_not_found", "no such student")
     if kb_id is not None:
-        # Knowledge bases arrive in a later version; none can exist yet.
-        raise APIError(404, "kb_not_found", "no such knowledge base", field="kb_id")
+        try:
+            owned = await db.fetchval(
+                "SELECT 1 FROM kbs WHERE id = $1 AND admin_id = $2",
+                uuid.UUID(kb_id),
+                who.tenant_id,
+            )
+        except ValueError:
+            owned = None
+        if not owned:
+            raise APIError(404, "kb_not_found", "no such knowledge base", field="kb_id")
+    elif tutor["kb_id"] is not None:
+        kb_id = str(tutor["kb_id"])  # the tutor's default knowledge base
 
     engines = request.app[ENGINE_CLIENT]
     profile = TutorProfile(

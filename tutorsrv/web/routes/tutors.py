@@ -4,6 +4,7 @@ Admins manage them; students may list and read them (without the persona)."""
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from aiohttp import web
@@ -35,15 +36,32 @@ DEFAULTS: dict[str, Any] = {
     "language": "en",
     "voice": "",
     "model": None,
+    "kb_id": None,
 }
 COLUMNS = (
-    "id, name, subject, system_prompt, greeting, language, voice, model, created_at, updated_at"
+    "id, name, subject, system_prompt, greeting, language, voice, model, kb_id,"
+    " created_at, updated_at"
 )
 
 
-def _read(body: dict[str, Any], *, partial: bool) -> dict[str, Any]:
-    v.only_fields(body, FIELDS)
+async def _read(request: web.Request, *, partial: bool) -> dict[str, Any]:
+    body = await v.json_body(request)
+    v.only_fields(body, (*FIELDS, "kb_id"))
     values: dict[str, Any] = {}
+    if "kb_id" in body:
+        # The tutor's default knowledge base: one of this admin's, or null for none.
+        raw = v.text(body, "kb_id", max_len=64, nullable=True)
+        values["kb_id"] = None
+        if raw is not None:
+            kb_id = _uuid_or_none(raw)
+            owned = kb_id and await request.app[DB].fetchval(
+                "SELECT 1 FROM kbs WHERE id = $1 AND admin_id = $2",
+                kb_id,
+                require_admin(request).tenant_id,
+            )
+            if not owned:
+                raise APIError(404, "kb_not_found", "no such knowledge base", field="kb_id")
+            values["kb_id"] = kb_id
     for key, (max_len, required) in FIELDS.items():
         value = v.text(
             body, key, required=required and not partial, max_len=max_len, nullable=key == "model"
@@ -53,6 +71,13 @@ def _read(body: dict[str, Any], *, partial: bool) -> dict[str, Any]:
                 raise APIError(422, "invalid_field", "'name' must not be empty", field="name")
             values[key] = value if (value is not None or key == "model") else ""
     return values
+
+
+def _uuid_or_none(raw: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        return None
 
 
 async def list_tutors(request: web.Request) -> web.Response:
@@ -68,7 +93,7 @@ async def list_tutors(request: web.Request) -> web.Response:
 
 async def create_tutor(request: web.Request) -> web.Response:
     who = require_admin(request)
-    values = _read(await v.json_body(request), partial=False)
+    values = await _read(request, partial=False)
     values.setdefault("language", "en")
     columns = ", ".join(values)
     params = ", ".join(f"${i}" for i in range(2, len(values) + 2))
@@ -96,7 +121,7 @@ async def update_tutor(request: web.Request) -> web.Response:
     who = require_admin(request)
     tutor_id = path_id(request.match_info["tutor_id"], "tutor")
     # PUT replaces (name required), PATCH changes only the fields sent.
-    values = _read(await v.json_body(request), partial=request.method == "PATCH")
+    values = await _read(request, partial=request.method == "PATCH")
     if request.method == "PUT":
         values = {**DEFAULTS, **values}
     if not values:
