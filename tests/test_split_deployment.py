@@ -94,6 +94,46 @@ async def transcript(http, base: str, t: dict[str, Any], session_id: str, want: 
         await asyncio.sleep(0.1)
 
 
+async def check_knowledge_base(http: aiohttp.ClientSession, base: str, t: dict) -> None:
+    status, kb = await call(http, "POST", base + "/api/kbs", t["token"], json={"name": "Geo"})
+    assert status == 201, kb
+    form = aiohttp.FormData()
+    form.add_field(
+        "file", b"# Nile\n\nThe Nile is the longest river in Africa.", filename="nile.md"
+    )
+    status, doc = await call(
+        http, "POST", f"{base}/api/kbs/{kb['id']}/documents", t["token"], data=form
+    )
+    assert status == 202, doc
+    deadline = time.monotonic() + 30
+    while doc["status"] == "processing":
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.1)
+        _, doc = await call(
+            http, "GET", f"{base}/api/kbs/{kb['id']}/documents/{doc['id']}", t["token"]
+        )
+    assert doc["status"] == "ready", doc
+    status, session = await call(
+        http,
+        "POST",
+        f"{base}/api/tutors/{t['tutor']['id']}/sessions",
+        t["token"],
+        json={"student_id": t["student"]["id"], "kb_id": kb["id"]},
+    )
+    assert status == 201, session
+    async with http.ws_connect(session["engine_url"]) as ws:
+        assert (await ws.receive_json(timeout=10))["type"] == "session"
+        while (await ws.receive_json(timeout=10))["type"] != "response_done":
+            pass  # the greeting
+        await ws.send_json({"type": "text", "content": "Which river is the longest in Africa?"})
+        first = await ws.receive_json(timeout=10)
+        assert first["type"] == "sources", first
+        assert first["sources"][0]["document"] == "nile.md"
+        await ws.send_json({"type": "interrupt"})
+        while (await ws.receive_json(timeout=10))["type"] != "interrupted":
+            pass
+
+
 async def test_split_deployment_web_and_engine(tmp_path: Path, database_url: str) -> None:
     engine = ServerProcess("engine", {}, tmp_path)
     web = ServerProcess("web", {}, tmp_path)
@@ -139,12 +179,16 @@ async def test_split_deployment_web_and_engine(tmp_path: Path, database_url: str
             assert messages[1]["content"] == "full turn"
             assert messages[4]["response_id"] == cut and messages[4]["interrupted"] is True
 
+            # Course material: the engine searches it through the web role.
+            await check_knowledge_base(http, web.base, tenant)
+
             # The engine dies: no new session, a clear 503, nothing half-created.
             engine.kill()
             status, body = await open_session(http, web.base, tenant)
             assert status == 503 and body["error"] == "engine_unavailable"
             status, listing = await call(http, "GET", web.base + "/api/sessions", tenant["token"])
-            assert [s["id"] for s in listing["sessions"]] == [session["session_id"]]
+            assert session["session_id"] in [s["id"] for s in listing["sessions"]]
+            assert len(listing["sessions"]) == 2  # the talk above and the knowledge-base one
             status, health = await call(http, "GET", web.base + "/health")
             assert status == 503 and health["engines"][0]["status"] == "unreachable"
 

@@ -1,0 +1,98 @@
+"""Hybrid retrieval for real: pgvector similarity from a real embeddings server
+(llama.cpp's OpenAI-compatible server with the packaged SmolLM2 GGUF), fused with full text."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestClient
+
+from tutorsrv.appkeys import DB, INGESTOR
+from tutorsrv.engine.llm.llamacpp import packaged_model_path
+from tutorsrv.web import rag
+
+from .conftest import MakeClient
+from .processes import free_port
+from .test_kb_smoke import upload
+from .web_helpers import register_admin
+
+
+@pytest.fixture
+async def embeddings_url() -> AsyncIterator[str]:
+    port = free_port()
+    proc = subprocess.Popen(  # noqa: ASYNC220 - spawns only
+        [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(packaged_model_path()),
+            "--embedding",
+            "true",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        async with aiohttp.ClientSession() as http:
+            while True:
+                assert proc.poll() is None, "the embeddings server exited"
+                try:
+                    async with http.get(url + "/v1/models") as resp:
+                        if resp.status == 200:
+                            break
+                except aiohttp.ClientConnectionError:
+                    pass
+                assert time.monotonic() < deadline, "the embeddings server did not start"
+                await asyncio.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+async def test_chunks_get_embeddings_and_search_fuses_both_rankings(
+    make_client: MakeClient, embeddings_url: str
+) -> None:
+    client: TestClient = await make_client(
+        "all", kb={"embeddings_url": embeddings_url, "embeddings_model": "smollm2"}
+    )
+    admin = await register_admin(client)
+    kb = await (
+        await client.post("/api/kbs", json={"name": "Mixed"}, headers=admin["headers"])
+    ).json()
+    for name, text in (
+        ("volcano.md", b"# Volcanoes\n\nMagma rises through the crust and erupts as lava."),
+        ("rivers.md", b"# Rivers\n\nRivers carry water from mountains down to the sea."),
+    ):
+        doc = await upload(client, admin, kb["id"], name, text)
+        assert doc["status"] == "ready", doc
+    db = client.server.app[DB]
+    dims = await db.fetch("SELECT vector_dims(embedding) AS d FROM chunks")
+    assert len(dims) == 2 and all(r["d"] and r["d"] > 100 for r in dims)
+
+    embedder = client.server.app[INGESTOR].embedder
+    assert embedder is not None
+    passages = await rag.search(db, kb["id"], "Where does lava come from?", 2, embedder)
+    # Fused scores are reciprocal-rank sums (k = 60). Only the lava document matches the
+    # words, so it has a full-text rank and a vector rank; the rivers one only a vector rank.
+    by_name = {p["document"]: p["score"] for p in passages}
+    assert passages[0]["document"] == "volcano.md"
+    assert by_name["volcano.md"] in {round(1 / 61 + 1 / 61, 4), round(1 / 61 + 1 / 62, 4)}
+    assert by_name["rivers.md"] in {round(1 / 61, 4), round(1 / 62, 4)}
