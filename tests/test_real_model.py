@@ -109,3 +109,36 @@ async def test_missing_model_file_fails_loudly(tmp_path) -> None:
     backend = LlamaCppBackend(str(bad))
     with pytest.raises(LLMLoadError, match="could not load"):
         await backend.load()
+
+
+async def test_real_model_answers_with_course_material(make_client: MakeClient) -> None:
+    from .test_kb_smoke import upload
+    from .web_helpers import create_student, create_tutor, register_admin, start_session
+
+    client = await make_client("all", llm=REAL)
+    admin = await register_admin(client)
+    kb = await (
+        await client.post("/api/kbs", json={"name": "Space"}, headers=admin["headers"])
+    ).json()
+    doc = await upload(
+        client,
+        admin,
+        kb["id"],
+        "planets.md",
+        b"# Mars\n\nMars is called the Red Planet because iron oxide dust covers its surface.",
+    )
+    assert doc["status"] == "ready"
+    tutor = await create_tutor(client, admin, kb_id=kb["id"], greeting="")
+    student = await create_student(client, admin)
+    session = await start_session(client, admin, tutor, student)
+    ws = await client.ws_connect(ws_path(session))
+    await receive_json(ws)
+    await ws.send_json({"type": "text", "content": "Why is Mars called the Red Planet?"})
+    messages = await receive_until(ws, "response_done", wait=120)
+    assert messages[0]["type"] == "sources"
+    assert messages[0]["sources"][0]["document"] == "planets.md"
+    reply = messages[-2]
+    assert reply["type"] == "text" and len(reply["content"].split()) >= 2
+    # The passage was part of the prompt the model read.
+    assert messages[-1]["metrics"]["prompt_tokens"] > 40
+    await ws.close()

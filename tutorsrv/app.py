@@ -292,6 +292,16 @@ async def _ingestor_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     ingestor = Ingestor(lambda: app[DB], kb, embedder)
     app[INGESTOR] = ingestor
+    # Ingestion runs in the process that accepted the upload; one that stopped mid-way left
+    # its documents "processing" for ever. (With several web replicas, restarting one also
+    # fails the uploads another is ingesting at that moment; they can be uploaded again.)
+    stale = await app[DB].execute(
+        "UPDATE documents SET status = 'failed', updated_at = now(),"
+        " error = 'ingestion was interrupted by a restart; upload the file again'"
+        " WHERE status = 'processing'"
+    )
+    if stale != "UPDATE 0":
+        log.warning("documents left processing by a previous run marked failed: %s", stale)
     try:
         yield
     finally:
