@@ -53,3 +53,36 @@ async def test_turn_uses_the_tutors_knowledge_base(make_client: MakeClient) -> N
     # The scripted backend echoes the student turn it was given: the passage was in it.
     assert "powerhouse of the cell." in messages[-2]["content"]
     await ws.close()
+
+
+async def test_search_ignores_negations_and_survives_a_dead_embeddings_server(
+    make_client: MakeClient,
+) -> None:
+    from tutorsrv.appkeys import DB
+    from tutorsrv.web import rag
+
+    from .processes import free_port
+
+    client = await make_client("all")
+    admin = await register_admin(client)
+    kb = await (await client.post("/api/kbs", json={"name": "B"}, headers=admin["headers"])).json()
+    await upload(
+        client,
+        admin,
+        kb["id"],
+        "cells.md",
+        b"# Mitochondria\n\nThe mitochondria is the powerhouse of the cell.\n\n"
+        b"# Ribosomes\n\nRibosomes build proteins.",
+    )
+    db = client.server.app[DB]
+    # A negated word must not turn into "everything without it".
+    found = await rag.search(db, kb["id"], "powerhouse -ribosomes", 5)
+    assert [p["heading"] for p in found] == ["Mitochondria"]
+    assert await rag.search(db, kb["id"], "-ribosomes", 5) == []
+
+    dead = rag.Embedder(f"http://127.0.0.1:{free_port()}", "none", timeout=2)
+    try:
+        found = await rag.search(db, kb["id"], "What builds proteins?", 3, dead)
+    finally:
+        await dead.close()
+    assert found and found[0]["heading"] == "Ribosomes"

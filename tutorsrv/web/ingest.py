@@ -79,7 +79,7 @@ def check_pdf(data: bytes) -> int:
 
 
 def decode_text(data: bytes) -> str:
-    if b"\x00" in data[:4096]:
+    if b"\x00" in data:
         raise UnreadableFile("binary data in a text file")
     for encoding in ("utf-8-sig", "cp1252"):
         try:
@@ -97,8 +97,13 @@ def _paragraphs(text: str) -> list[str]:
 def _markdown(text: str) -> list[Section]:
     sections: list[Section] = []
     heading, lines = "", []
+    fence = ""  # inside a fenced code block, "# ..." is code, not a heading
     for line in text.replace("\r\n", "\n").split("\n"):
-        match = re.match(r"^#{1,6}\s+(.*?)\s*#*\s*$", line)
+        stripped = line.lstrip()
+        if stripped.startswith(("```", "~~~")):
+            marker = stripped[:3]
+            fence = "" if fence == marker else (fence or marker)
+        match = None if fence else re.match(r"^#{1,6}\s+(.*?)\s*#*\s*$", line)
         if match:
             sections.append(Section(heading, _paragraphs("\n".join(lines))))
             heading, lines = match.group(1), []
@@ -109,7 +114,13 @@ def _markdown(text: str) -> list[Section]:
 
 
 class _HTMLSections(HTMLParser):
-    BLOCKS = frozenset({"p", "div", "li", "tr", "br", "section", "article", "blockquote", "pre"})
+    BLOCKS = frozenset(
+        {
+            "p", "div", "li", "ul", "ol", "dl", "dt", "dd", "table", "tr", "td", "th", "br",
+            "section", "article", "main", "header", "footer", "aside", "figure", "figcaption",
+            "blockquote", "pre", "hr",
+        }
+    )  # fmt: skip
     HEADINGS = frozenset({"h1", "h2", "h3", "h4", "h5", "h6"})
     SKIP = frozenset({"script", "style", "head", "nav", "noscript", "template"})
 
@@ -201,18 +212,39 @@ def chunk(sections: list[Section], size: int, overlap: int) -> list[Chunk]:
 
 
 def _split_long(paragraph: str, size: int) -> list[str]:
+    """A paragraph as pieces of at most ``size`` characters, in order: cut at sentence ends,
+    a sentence longer than ``size`` at word boundaries, a word longer than that anywhere."""
     if len(paragraph) <= size:
         return [paragraph]
-    out, current = [], ""
+    units: list[str] = []
     for sentence in re.split(r"(?<=[.!?])\s+", paragraph):
-        while len(sentence) > size:  # no sentence end in sight: cut hard
-            out.append(sentence[:size])
-            sentence = sentence[size:]
-        if current and len(current) + 1 + len(sentence) > size:
+        units.extend(_split_words(sentence, size) if len(sentence) > size else [sentence])
+    out, current = [], ""
+    for unit in units:
+        if current and len(current) + 1 + len(unit) > size:
             out.append(current)
-            current = sentence
+            current = unit
         else:
-            current = f"{current} {sentence}".strip()
+            current = f"{current} {unit}".strip()
+    if current:
+        out.append(current)
+    return out
+
+
+def _split_words(sentence: str, size: int) -> list[str]:
+    out, current = [], ""
+    for word in sentence.split():
+        while len(word) > size:  # one "word" longer than a chunk: no better place to cut
+            if current:
+                out.append(current)
+                current = ""
+            out.append(word[:size])
+            word = word[size:]
+        if current and len(current) + 1 + len(word) > size:
+            out.append(current)
+            current = word
+        else:
+            current = f"{current} {word}".strip()
     if current:
         out.append(current)
     return out

@@ -10,9 +10,11 @@ are merged by reciprocal rank fusion, which needs no score calibration between t
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import math
+import re
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -100,6 +102,11 @@ async def ingest(
             )
             if kb is None:  # deleted meanwhile
                 return
+            current = await conn.fetchval(
+                "SELECT sha256 FROM documents WHERE id = $1 FOR UPDATE", document_id
+            )
+            if current != hashlib.sha256(data).hexdigest():
+                return  # a newer upload of this file replaced it meanwhile; it stores itself
             await conn.execute("DELETE FROM chunks WHERE document_id = $1", document_id)
             await conn.executemany(
                 "INSERT INTO chunks (document_id, kb_id, ordinal, heading, content, tsv, embedding)"
@@ -153,21 +160,30 @@ async def search(
         kb = uuid.UUID(kb_id)
     except ValueError:
         return []
-    text_hits = await db.fetch(
-        "WITH q AS (SELECT replace(websearch_to_tsquery(language, $2)::text, ' & ', ' | ')"
-        "   AS terms FROM kbs WHERE id = $1)"
-        " SELECT c.id, c.heading, c.content, d.filename,"
-        "   ts_rank_cd(c.tsv, q.terms::tsquery) AS score"
-        " FROM q, chunks c JOIN documents d ON d.id = c.document_id"
-        " WHERE q.terms <> '' AND c.kb_id = $1 AND c.tsv @@ q.terms::tsquery"
-        " ORDER BY score DESC, c.id LIMIT $3",
-        kb,
-        query,
-        k * 4,
+    parsed = await db.fetchval(
+        "SELECT websearch_to_tsquery(language, $2)::text FROM kbs WHERE id = $1", kb, query
     )
+    terms = _any_of(parsed or "")
+    text_hits = []
+    if terms:
+        text_hits = await db.fetch(
+            "SELECT c.id, c.heading, c.content, d.filename,"
+            "   ts_rank_cd(c.tsv, $2::tsquery) AS score"
+            " FROM chunks c JOIN documents d ON d.id = c.document_id"
+            " WHERE c.kb_id = $1 AND c.tsv @@ $2::tsquery"
+            " ORDER BY score DESC, c.id LIMIT $3",
+            kb,
+            terms,
+            k * 4,
+        )
     rankings = [list(text_hits)]
+    vector: list[float] | None = None
     if embedder is not None:
-        [vector] = await embedder.embed([query])
+        try:
+            [vector] = await embedder.embed([query])
+        except Exception as e:  # the words alone still find passages
+            log.warning("embeddings unavailable, full-text search only: %s", type(e).__name__)
+    if vector is not None:
         vector_hits = await db.fetch(
             "SELECT c.id, c.heading, c.content, d.filename,"
             "   1 - (c.embedding <=> $2::text::vector) AS score"
@@ -186,6 +202,16 @@ async def search(
         if len(rankings) > 1
         else [_passage(r, r["score"]) for r in text_hits[:k]]
     )
+
+
+_LEXEME = re.compile(r"(!?)('(?:[^']|'')*')")
+
+
+def _any_of(parsed: str) -> str:
+    """The positive lexemes of a parsed query, OR-ed (negations and phrases dropped: for
+    finding course passages, any shared word is evidence)."""
+    positive = {lexeme for bang, lexeme in _LEXEME.findall(parsed) if not bang}
+    return " | ".join(sorted(positive))
 
 
 def _fuse(rankings: list[list[asyncpg.Record]], k: int) -> list[dict[str, Any]]:
@@ -219,24 +245,35 @@ class Ingestor:
         self._db = db
         self.config = config
         self.embedder = embedder
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: dict[uuid.UUID, asyncio.Task[None]] = {}
 
     def start(self, document_id: uuid.UUID, filename: str, data: bytes) -> None:
+        """Ingest in the background; a newer upload of the same document replaces an older
+        one still in progress."""
+        previous = self._tasks.pop(document_id, None)
+        if previous is not None:
+            previous.cancel()
         task = asyncio.get_running_loop().create_task(
             ingest(self._db(), document_id, filename, data, self.config, self.embedder),
             name=f"ingest-{document_id}",
         )
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks[document_id] = task
+        task.add_done_callback(lambda t: self._forget(document_id, t))
+
+    def _forget(self, document_id: uuid.UUID, task: asyncio.Task[None]) -> None:
+        if self._tasks.get(document_id) is task:
+            del self._tasks[document_id]
 
     async def wait_idle(self) -> None:
+        """Until no ingestion runs (tests and orderly shutdowns)."""
         while self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
 
     async def close(self) -> None:
-        for task in self._tasks:
+        tasks = list(self._tasks.values())
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self.embedder is not None:
             await self.embedder.close()
 
