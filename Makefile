@@ -30,6 +30,7 @@ lint: install
 bench: install
 	$(BIN)/python bench/ws_sessions.py
 	$(BIN)/python bench/llm_conversation.py
+	$(BIN)/python bench/retrieval.py
 
 clean:
 	rm -rf $(VENV) .tutorsrv .pytest_cache .ruff_cache

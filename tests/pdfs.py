@@ -17,10 +17,14 @@ def make_pdf(pages: list[list[str]]) -> bytes:
                 f"/Resources << /Font << /F1 3 0 R >> >> /Contents {content_ref} 0 R >>"
             ).encode()
         )
-        text = "BT /F1 12 Tf 72 720 Td 16 TL " + " ".join(
-            "(" + line.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)") + ") '"
-            for line in lines
-        ) + " ET"
+        text = (
+            "BT /F1 12 Tf 72 720 Td 16 TL "
+            + " ".join(
+                "(" + line.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)") + ") '"
+                for line in lines
+            )
+            + " ET"
+        )
         stream = text.encode("latin-1")
         objects.append(
             b"<< /Length " + str(len(stream)).encode() + b" >>\nstream\n" + stream + b"\nendstream"

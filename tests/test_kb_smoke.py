@@ -86,3 +86,28 @@ async def test_search_ignores_negations_and_survives_a_dead_embeddings_server(
     finally:
         await dead.close()
     assert found and found[0]["heading"] == "Ribosomes"
+
+
+async def test_a_session_can_opt_out_of_the_tutors_knowledge_base(make_client: MakeClient) -> None:
+    client = await make_client("all")
+    admin = await register_admin(client)
+    kb = await (await client.post("/api/kbs", json={"name": "K"}, headers=admin["headers"])).json()
+    tutor = await create_tutor(client, admin, kb_id=kb["id"])
+    student = await create_student(client, admin)
+    resp = await client.post(
+        f"/api/tutors/{tutor['id']}/sessions",
+        json={"student_id": student["id"], "kb_id": None},
+        headers=admin["headers"],
+    )
+    assert resp.status == 201
+    row = await (
+        await client.get(
+            f"/api/sessions/{(await resp.json())['session_id']}", headers=admin["headers"]
+        )
+    ).json()
+    assert row["kb_id"] is None
+    default = await start_session(client, admin, tutor, student)
+    row = await (
+        await client.get(f"/api/sessions/{default['session_id']}", headers=admin["headers"])
+    ).json()
+    assert row["kb_id"] == kb["id"]

@@ -140,5 +140,10 @@ async def test_real_model_answers_with_course_material(make_client: MakeClient) 
     reply = messages[-2]
     assert reply["type"] == "text" and len(reply["content"].split()) >= 2
     # The passage was part of the prompt the model read.
-    assert messages[-1]["metrics"]["prompt_tokens"] > 40
+    first = messages[-1]["metrics"]
+    assert first["prompt_tokens"] > 40
+    # The next turn reuses all of it: the passages stay in that turn's prompt text.
+    await ws.send_json({"type": "text", "content": "What covers the surface of Mars?"})
+    second = (await receive_until(ws, "response_done", wait=120))[-1]["metrics"]
+    assert second["cached_prompt_tokens"] >= first["prompt_tokens"]
     await ws.close()

@@ -435,3 +435,18 @@ async def test_shutdown_closes_sockets_with_1001(make_client: MakeClient) -> Non
     code, before = await expect_close(ws)
     assert code == 1001
     assert before[-1]["code"] == "shutting_down"
+
+
+async def test_a_knowledge_base_without_search_says_so_and_still_answers(
+    client: TestClient,
+) -> None:
+    # An engine with no web role to search through (no engine.backplane_url).
+    session = await new_session(client, kb_id="kb-1")
+    ws, _ = await connect(client, session)
+    await ws.send_json({"type": "text", "content": "hello"})
+    messages = await receive_until(ws, "response_done")
+    error = messages[0]
+    assert error["type"] == "error" and error["code"] == "kb_unavailable"
+    assert error["fatal"] is False and error["response_id"] == messages[-1]["response_id"]
+    assert "hello" in messages[-2]["content"]
+    await ws.close()

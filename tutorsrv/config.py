@@ -320,7 +320,8 @@ def validate(config: Config) -> None:
     _positive("database.pool_max_size", d.pool_max_size)
     k = config.kb
     _positive("kb.max_upload_bytes", k.max_upload_bytes)
-    _positive("kb.top_k", k.top_k)
+    if not 1 <= k.top_k <= 20:
+        raise ConfigError("kb.top_k: must be from 1 to 20")
     _positive("kb.search_timeout_seconds", k.search_timeout_seconds)
     if k.chunk_chars < 200:
         raise ConfigError("kb.chunk_chars: must be at least 200")

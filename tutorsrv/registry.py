@@ -56,6 +56,10 @@ class Message:
     timestamp: str
     response_id: str | None = None
     interrupted: bool = False
+    # What the model was given for this message when it differs from ``content`` (a student
+    # turn with course passages). Kept so later prompts repeat it byte for byte: the prompt
+    # cache then covers the whole history.
+    prompt: str | None = None
 
     def to_json(self) -> dict[str, object]:
         data: dict[str, object] = {

@@ -156,7 +156,10 @@ class Conversation:
 
     async def _passages(self, question: str) -> list[dict[str, Any]]:
         kb_id = self.session.kb_id
-        if not kb_id or self.knowledge is None or not question:
+        if not kb_id or not question:
+            return []
+        if self.knowledge is None:
+            await self._kb_unavailable("this engine has no knowledge-base search configured")
             return []
         try:
             async with asyncio.timeout(self.search_timeout):
@@ -167,33 +170,39 @@ class Conversation:
                 type(e).__name__,
                 extra={"session_id": self.session.id},
             )
-            await self.send(
-                protocol.error("kb_unavailable", "course material could not be searched this turn")
-            )
+            await self._kb_unavailable("course material could not be searched this turn")
             return []
 
+    async def _kb_unavailable(self, content: str) -> None:
+        response = self._response
+        await self.send(
+            {
+                **protocol.error("kb_unavailable", content),
+                "response_id": response.id if response else None,
+            }
+        )
+
     def _prompt(self, passages: list[dict[str, Any]] | None = None) -> list[ChatMessage]:
-        """System prompt, then the conversation. Passages go into the newest student turn
-        only: everything before it stays byte-identical from turn to turn, so the model's
-        prompt cache covers the system prompt and the whole history."""
+        """System prompt, then the conversation. Passages go into the newest student turn,
+        and that turn keeps them (``Message.prompt``) in later prompts: everything before the
+        newest turn stays byte-identical, so the prompt cache covers the whole history."""
         system = self.session.tutor.system_prompt.strip() or self.default_system_prompt
         messages: list[ChatMessage] = [{"role": "system", "content": system}]
         for m in self.session.history:
             if m.content:
-                messages.append({"role": m.role, "content": m.content})
-        if passages and messages[-1]["role"] == "user":
+                messages.append({"role": m.role, "content": m.prompt or m.content})
+        newest = self.session.history[-1] if self.session.history else None
+        if passages and newest is not None and newest.role == "user":
             material = "\n\n".join(
                 f"[{i}] {p['document']}{' — ' + p['heading'] if p['heading'] else ''}\n"
                 f"{p['content']}"
                 for i, p in enumerate(passages, start=1)
             )
-            messages[-1] = {
-                "role": "user",
-                "content": (
-                    "Course material that may help (cite it as [1], [2], ...):\n\n"
-                    f"{material}\n\nStudent: {messages[-1]['content']}"
-                ),
-            }
+            newest.prompt = (
+                "Course material that may help (cite it as [1], [2], ...):\n\n"
+                f"{material}\n\nStudent: {newest.content}"
+            )
+            messages[-1] = {"role": "user", "content": newest.prompt}
         return messages
 
     async def _respond(self, response: Response, pieces: AsyncIterator[str]) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import math
 import re
@@ -290,8 +289,3 @@ class DatabaseKnowledgeSearch:
 
     async def close(self) -> None:
         return None
-
-
-def sources_json(passages: list[dict[str, Any]]) -> str:
-    """What a turn stores and the client sees: no full content, which the KB already has."""
-    return json.dumps([{k: v for k, v in p.items() if k != "content"} for p in passages])

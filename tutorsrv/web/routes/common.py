@@ -28,5 +28,7 @@ def row_json(row: asyncpg.Record, *, hide: tuple[str, ...] = ("password_hash",))
             value = str(value)
         elif isinstance(value, datetime):
             value = value.isoformat()
+        elif isinstance(value, float):
+            value = round(value, 4)  # real columns read back as 0.4000000059604645
         out[key] = value
     return out

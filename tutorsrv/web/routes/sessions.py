@@ -83,8 +83,9 @@ async def create_session(request: web.Request) -> web.Response:
             owned = None
         if not owned:
             raise APIError(404, "kb_not_found", "no such knowledge base", field="kb_id")
-    elif tutor["kb_id"] is not None:
-        kb_id = str(tutor["kb_id"])  # the tutor's default knowledge base
+    elif "kb_id" not in body and tutor["kb_id"] is not None:
+        # Absent: the tutor's default knowledge base. An explicit null means none.
+        kb_id = str(tutor["kb_id"])
 
     engines = request.app[ENGINE_CLIENT]
     profile = TutorProfile(
