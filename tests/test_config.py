@@ -76,9 +76,17 @@ def test_bad_environment_values_name_the_setting(name: str, value: str, named: s
         load_config(environ={name: value})
 
 
-def test_planned_backend_is_refused_by_name() -> None:
-    with pytest.raises(ConfigError, match="not available yet"):
-        load_config(environ={"TUTORSRV_LLM_BACKEND": "vllm"})
+@pytest.mark.parametrize(
+    ("environ", "named"),
+    [
+        ({"TUTORSRV_LLM_BACKEND": "vllm"}, "llm.model"),
+        ({"TUTORSRV_LLM_BACKEND": "openai", "TUTORSRV_LLM_MODEL": "m"}, "llm.base_url"),
+        ({"TUTORSRV_LLM_BACKEND": "openai", "TUTORSRV_LLM_BASE_URL": "http://h:1"}, "llm.model"),
+    ],
+)
+def test_serving_backends_need_their_settings(environ: dict[str, str], named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        load_config(environ=environ)
 
 
 def test_missing_file_is_an_error(tmp_path: Path) -> None:

