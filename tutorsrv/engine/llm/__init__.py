@@ -29,4 +29,30 @@ def create_backend(config: LLMConfig) -> LLMBackend:
             seed=config.seed,
             prompt_cache_bytes=config.prompt_cache_bytes,
         )
+    if config.backend == "openai":
+        from .openai import OpenAIBackend
+
+        return OpenAIBackend(
+            config.base_url,
+            config.model,
+            api_key=config.api_key,
+            max_tokens=config.max_tokens,
+            temperature=config.temperature,
+            top_p=config.top_p,
+            timeout=config.request_timeout_seconds,
+            retries=config.retries,
+        )
+    if config.backend == "vllm":
+        from .vllm import VLLMBackend
+
+        return VLLMBackend(
+            config.model,
+            dtype=config.vllm_dtype,
+            max_model_len=config.vllm_max_model_len,
+            gpu_memory_utilization=config.vllm_gpu_memory_utilization,
+            tensor_parallel_size=config.vllm_tensor_parallel_size,
+            max_tokens=config.max_tokens,
+            temperature=config.temperature,
+            top_p=config.top_p,
+        )
     raise LLMLoadError(f"llm.backend: unknown backend {config.backend!r}")
