@@ -55,6 +55,7 @@ from .health import health
 from .http_errors import json_errors
 from .knowledge import HttpKnowledgeSearch, KnowledgeSearch
 from .registry import SessionRegistry, TokenSigner, now_iso
+from .web import proxy
 from .web.db import database_errors, open_database
 from .web.engine_client import HttpEngineClient, InProcessEngineClient
 from .web.rag import DatabaseKnowledgeSearch, Embedder, Ingestor
@@ -116,6 +117,10 @@ def _setup_web(app: web.Application, config: Config, role: str) -> None:
     students.add_routes(app)
     sessions.add_routes(app)
     kbs.add_routes(app)
+    if role == "web" and config.web.proxy_websocket:
+        # Browsers reach the engines' WebSocket through this role (one public origin). In
+        # `all` the setting has no effect: browser and engine already share one origin.
+        proxy.add_routes(app)
     app.add_subapp("/internal/v1", internal.internal_api())
 
 
@@ -233,7 +238,10 @@ async def _engine_client_ctx(app: web.Application) -> AsyncIterator[None]:
         client = InProcessEngineClient(app[REGISTRY], config)
     else:
         client = HttpEngineClient(
-            config.web.engine_urls, app[ENGINE_API_KEY], config.web.engine_timeout_seconds
+            config.web.engine_urls,
+            app[ENGINE_API_KEY],
+            config.web.engine_timeout_seconds,
+            health_interval=config.web.engine_health_interval_seconds,
         )
     app[ENGINE_CLIENT] = client
     try:

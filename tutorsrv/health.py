@@ -39,7 +39,9 @@ async def health(request: web.Request) -> web.Response:
     if role == "web" and ENGINE_CLIENT in app:
         engines = await app[ENGINE_CLIENT].health()
         body["engines"] = engines
-        healthy = healthy and any(e["status"] == "healthy" for e in engines)
+        # Degraded when no engine answers. A full one answers: it takes sessions again as
+        # soon as one ends, and the session API says so (503 engine_unavailable) meanwhile.
+        healthy = healthy and any(e["status"] in ("healthy", "full") for e in engines)
     if not healthy:
         body["status"] = "degraded"
     return web.json_response(body, status=200 if healthy else 503)

@@ -1,18 +1,24 @@
 """EngineClient: how the web role creates and ends sessions on an engine.
 
 ``InProcessEngineClient`` (role ``all``) calls the session registry of this very process.
-``HttpEngineClient`` (role ``web``) calls each configured engine's ``/v1/sessions`` with the
-service key and moves on to the next engine when one is full or does not answer.
+``HttpEngineClient`` (role ``web``) calls the configured engines' ``/v1/sessions`` with the
+service key. It keeps a state per engine, refreshed by a background health check, places a new
+session on the healthy engine with the most free capacity, and moves on to the next engine when
+one is full or does not answer.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
 
 from ..config import Config
 from ..engine.public_url import engine_url, websocket_base
@@ -21,6 +27,13 @@ from ..registry import CapacityError, SessionRegistry, TutorProfile, iso
 log = logging.getLogger(__name__)
 
 IN_PROCESS = "local"
+
+# What the web role knows of one engine (``EngineState.status``).
+UNKNOWN = "unknown"  # not checked yet
+HEALTHY = "healthy"  # answers its health check and has room
+FULL = "full"  # answers, but holds its maximum of sessions
+UNREACHABLE = "unreachable"  # no answer: refused, reset, timed out
+UNHEALTHY = "unhealthy"  # answers, but reports itself unhealthy or fails requests (5xx, 401)
 
 
 class EngineUnavailable(Exception):
@@ -104,11 +117,67 @@ class InProcessEngineClient:
         return None
 
 
+@dataclass
+class EngineState:
+    """One engine as the web role last saw it: by its health check, and since then by the
+    sessions it created there and the requests that failed."""
+
+    url: str
+    status: str = UNKNOWN
+    sessions: int | None = None
+    max_sessions: int | None = None
+    last_error: str | None = None  # why it is not healthy; never holds a secret
+    last_checked: float | None = None  # wall clock of the last health check that counted
+    pending: int = 0  # session creations in flight to it
+    failed_at: float = float("-inf")  # monotonic; health checks started earlier are stale
+
+    @property
+    def free(self) -> int:
+        """Free capacity: reported room less the creations in flight (0 when unknown)."""
+        if self.sessions is None or self.max_sessions is None:
+            return 0
+        return self.max_sessions - self.sessions - self.pending
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "engine": _display(self.url),
+            "status": self.status,
+            "sessions": self.sessions,
+            "max_sessions": self.max_sessions,
+            "last_error": self.last_error,
+            "last_checked": iso(self.last_checked) if self.last_checked is not None else None,
+        }
+
+
+def placement_order(states: list[EngineState]) -> list[EngineState]:
+    """The order in which to try engines for a new session: healthy ones, most free capacity
+    first (ties in listed order), then every other one in listed order, as a last resort."""
+    healthy = sorted((s for s in states if s.status == HEALTHY), key=lambda s: -s.free)
+    return healthy + [s for s in states if s.status != HEALTHY]
+
+
 class HttpEngineClient:
-    def __init__(self, urls: list[str], api_key: str, timeout: float) -> None:
-        self.urls = [u.rstrip("/") for u in urls]
+    def __init__(
+        self,
+        urls: list[str],
+        api_key: str,
+        timeout: float,
+        health_interval: float | None = None,
+    ) -> None:
+        """``health_interval``: seconds between background health checks of every engine;
+        None checks only when ``health()`` is asked (the task needs a running event loop)."""
+        self.urls = list(dict.fromkeys(u.rstrip("/") for u in urls))
+        self.states = [EngineState(url) for url in self.urls]
+        self._by_url = {s.url: s for s in self.states}
         self._headers = {"Authorization": f"Bearer {api_key}"}
+        self._timeout = timeout
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout))
+        self._checked_once = asyncio.Event()
+        self._monitor: asyncio.Task[None] | None = None
+        if health_interval is not None:
+            self._monitor = asyncio.get_running_loop().create_task(
+                self._watch(health_interval), name="engine-health-checks"
+            )
 
     async def create_session(
         self,
@@ -132,28 +201,80 @@ class HttpEngineClient:
             },
         }
         problems = []
-        for url in self.urls:
+        for state in placement_order(self.states):
+            # Counted as taken while in flight, so that a burst spreads over the engines.
+            state.pending += 1
             try:
-                async with self._http.post(
-                    f"{url}/v1/sessions", json=body, headers=self._headers
-                ) as resp:
-                    if resp.status == 201:
+                created, problem = await self._create_on(state, body)
+            finally:
+                state.pending -= 1
+            if created is not None:
+                return created
+            problems.append(problem)
+        log.warning("no engine took the session: %s", "; ".join(problems))
+        raise EngineUnavailable("no engine could take the session: " + "; ".join(problems))
+
+    async def _create_on(
+        self, state: EngineState, body: dict[str, Any]
+    ) -> tuple[EngineSession | None, str]:
+        url = state.url
+        try:
+            async with self._http.post(
+                f"{url}/v1/sessions", json=body, headers=self._headers
+            ) as resp:
+                if resp.status == 201:
+                    try:
                         data = await resp.json()
-                        return EngineSession(
+                        created = EngineSession(
                             data["session_id"],
                             data["engine_url"],
                             data["engine_token"],
                             data["expires_at"],
                             url,
                         )
-                    problems.append(f"{url} answered {resp.status}")
-            except (aiohttp.ClientError, TimeoutError) as e:
-                problems.append(f"{url} unreachable ({type(e).__name__})")
-        log.warning("no engine took the session: %s", "; ".join(problems))
-        raise EngineUnavailable("no engine could take the session: " + "; ".join(problems))
+                    except (ValueError, KeyError, TypeError, aiohttp.ContentTypeError):
+                        self._failed(state, UNHEALTHY, "answered 201 without a session")
+                        return None, f"{_display(url)} answered 201 without a session"
+                    self._took_one(state)
+                    return created, ""
+                problem = f"{_display(url)} answered {resp.status}"
+                if resp.status == 503 and await _error_code(resp) == "at_capacity":
+                    self._failed(state, FULL, None)
+                    return None, f"{_display(url)} is full"
+                if resp.status >= 500:
+                    self._failed(state, UNHEALTHY, f"answered {resp.status}")
+                elif resp.status in (401, 403):
+                    self._failed(state, UNHEALTHY, f"refused the service key ({resp.status})")
+                # Other answers refuse this request, not the engine: it stays as it is.
+                return None, problem
+        except (aiohttp.ClientError, TimeoutError) as e:
+            self._failed(state, UNREACHABLE, type(e).__name__)
+            return None, f"{_display(url)} unreachable ({type(e).__name__})"
+        except ValueError as e:  # aiohttp refuses the URL, e.g. one with user:password in it
+            self._failed(state, UNHEALTHY, type(e).__name__)
+            return None, f"{_display(url)} cannot be called ({type(e).__name__})"
+
+    def _took_one(self, state: EngineState) -> None:
+        """Count a session it just created, until its next health check says how many."""
+        if state.sessions is None:
+            return
+        state.sessions += 1
+        if state.max_sessions is not None and state.sessions >= state.max_sessions:
+            state.status = FULL
+
+    def _failed(self, state: EngineState, status: str, error: str | None) -> None:
+        """It failed a request: no new sessions for it until a health check says otherwise."""
+        if state.status == HEALTHY and status != FULL:
+            log.warning("engine %s is %s: %s", _display(state.url), status, error)
+        state.status = status
+        state.last_error = error
+        state.failed_at = time.monotonic()
+        if status == FULL and state.max_sessions is not None:
+            state.sessions = state.max_sessions
 
     async def delete_session(self, engine: str, session_id: str) -> None:
-        if engine not in self.urls:
+        state = self._by_url.get(engine)
+        if state is None:
             # Removed from web.engine_urls: retired, its in-memory sessions are gone.
             return
         try:
@@ -161,27 +282,100 @@ class HttpEngineClient:
                 f"{engine}/v1/sessions/{session_id}", headers=self._headers
             ) as resp:
                 if resp.status not in (204, 404):
-                    raise EngineUnavailable(f"{engine} answered {resp.status}")
+                    raise EngineUnavailable(f"{_display(engine)} answered {resp.status}")
+                if resp.status == 204 and state.sessions:
+                    state.sessions -= 1
+                    if state.status == FULL and state.free > 0:
+                        state.status = HEALTHY
         except (aiohttp.ClientError, TimeoutError) as e:
-            raise EngineUnavailable(f"{engine} unreachable ({type(e).__name__})") from None
+            raise EngineUnavailable(
+                f"{_display(engine)} unreachable ({type(e).__name__})"
+            ) from None
 
     async def health(self) -> list[dict[str, Any]]:
-        report = []
-        for url in self.urls:
+        """Every engine as last checked. Waits for the first round of checks, if under way."""
+        if self._monitor is None:
+            await self.check_all()
+        elif not self._checked_once.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._timeout + 1):
+                    await self._checked_once.wait()
+        return [state.report() for state in self.states]
+
+    async def check_all(self) -> None:
+        """One round of health checks, all engines at once."""
+        await asyncio.gather(*(self._check(state) for state in self.states))
+        self._checked_once.set()
+
+    async def _watch(self, interval: float) -> None:
+        while True:
             try:
-                async with self._http.get(f"{url}/health") as resp:
+                await self.check_all()
+            except Exception:  # never let the checks stop for good
+                log.exception("engine health checks failed")
+            await asyncio.sleep(interval)
+
+    async def _check(self, state: EngineState) -> None:
+        started = time.monotonic()
+        sessions = max_sessions = None
+        try:
+            async with self._http.get(f"{state.url}/health") as resp:
+                try:
                     data = await resp.json()
-                    report.append(
-                        {
-                            "engine": url,
-                            "status": data.get("status", "unknown"),
-                            "sessions": data.get("sessions"),
-                            "max_sessions": data.get("max_sessions"),
-                        }
-                    )
-            except (aiohttp.ClientError, TimeoutError, ValueError) as e:
-                report.append({"engine": url, "status": "unreachable", "error": type(e).__name__})
-        return report
+                except (ValueError, aiohttp.ContentTypeError):
+                    data = None
+                code = resp.status
+        except (aiohttp.ClientError, TimeoutError) as e:
+            status, error = UNREACHABLE, type(e).__name__
+        else:
+            if not isinstance(data, dict):
+                status, error = UNHEALTHY, f"health answered {code} without JSON"
+            else:
+                sessions = _count(data.get("sessions"))
+                max_sessions = _count(data.get("max_sessions"))
+                reported = str(data.get("status"))[:40]
+                if code != 200 or reported != HEALTHY:
+                    status, error = UNHEALTHY, f"health answered {code} ({reported})"
+                elif sessions is not None and max_sessions is not None:
+                    status = FULL if sessions >= max_sessions else HEALTHY
+                    error = None
+                else:
+                    status, error = HEALTHY, None
+        if started < state.failed_at:
+            return  # a request failed since this check began: older news
+        was_up, is_up = state.status in (HEALTHY, FULL), status in (HEALTHY, FULL)
+        if is_up and not was_up and state.status != UNKNOWN:
+            log.info("engine %s is %s again", _display(state.url), status)
+        elif not is_up and (was_up or state.status == UNKNOWN):
+            log.warning("engine %s is %s: %s", _display(state.url), status, error)
+        state.status = status
+        state.last_error = error
+        state.last_checked = time.time()
+        if sessions is not None:
+            state.sessions = sessions
+        if max_sessions is not None:
+            state.max_sessions = max_sessions
 
     async def close(self) -> None:
+        if self._monitor is not None:
+            self._monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._monitor
         await self._http.close()
+
+
+async def _error_code(resp: aiohttp.ClientResponse) -> str | None:
+    try:
+        data = await resp.json()
+    except (ValueError, aiohttp.ContentTypeError):
+        return None
+    return data.get("error") if isinstance(data, dict) else None
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _display(url: str) -> str:
+    """The URL without any user:password in it, for reports and logs."""
+    return str(URL(url).with_user(None)) if "@" in url else url

@@ -14,9 +14,11 @@ from aiohttp import web
 
 from ... import validation as v
 from ...appkeys import DB, ENGINE_CLIENT
+from ...engine.public_url import engine_url
 from ...http_errors import APIError
 from ...registry import TutorProfile
 from ..engine_client import EngineUnavailable
+from ..proxy import proxied_base
 from ..security import Principal, principal
 from ..transcripts import session_messages
 from .common import path_id, row_json
@@ -87,6 +89,10 @@ async def create_session(request: web.Request) -> web.Response:
         # Absent: the tutor's default knowledge base. An explicit null means none.
         kb_id = str(tutor["kb_id"])
 
+    # web.proxy_websocket: the browser connects to this web role (its own Host /
+    # X-Forwarded-*), which relays to the engine. Worked out first: a Host that cannot make a
+    # URL fails before any engine session exists.
+    proxy_base = proxied_base(request)
     engines = request.app[ENGINE_CLIENT]
     profile = TutorProfile(
         name=tutor["name"],
@@ -132,7 +138,11 @@ async def create_session(request: web.Request) -> web.Response:
     return web.json_response(
         {
             "session_id": created.session_id,
-            "engine_url": created.engine_url,
+            "engine_url": (
+                created.engine_url
+                if proxy_base is None
+                else engine_url(proxy_base, created.session_id, created.engine_token)
+            ),
             "engine_token": created.engine_token,
             "expires_at": created.expires_at,
             "tutor_id": str(tutor_id),
