@@ -79,8 +79,8 @@ class LLMConfig:
     # openai: the server's base URL (without /v1), e.g. http://10.0.0.7:8001, and its key.
     base_url: str = ""
     api_key: str = ""
-    # openai: how long to wait for the server (connect and first token) and how many times to
-    # retry a request that failed before its first token.
+    # openai: the longest wait for the server (connecting, the first token, any pause between
+    # tokens), and how many times to retry a request that failed before its first token.
     request_timeout_seconds: float = 30.0
     retries: int = 2
     # vllm: engine arguments (0 / "auto": vLLM's own defaults).

@@ -150,10 +150,12 @@ class EngineState:
 
 
 def placement_order(states: list[EngineState]) -> list[EngineState]:
-    """The order in which to try engines for a new session: healthy ones, most free capacity
-    first (ties in listed order), then every other one in listed order, as a last resort."""
+    """The engines to try for a new session, in order: healthy ones, most free capacity
+    first (ties in listed order), then full and not-yet-checked ones in listed order (a full
+    one may have room again; it answers at once either way). Engines that failed (unreachable
+    or unhealthy) get no new sessions until a health check finds them well again."""
     healthy = sorted((s for s in states if s.status == HEALTHY), key=lambda s: -s.free)
-    return healthy + [s for s in states if s.status != HEALTHY]
+    return healthy + [s for s in states if s.status in (FULL, UNKNOWN)]
 
 
 class HttpEngineClient:
@@ -211,6 +213,8 @@ class HttpEngineClient:
             if created is not None:
                 return created
             problems.append(problem)
+        if not problems:
+            problems = [f"{_display(s.url)} {s.status}" for s in self.states]
         log.warning("no engine took the session: %s", "; ".join(problems))
         raise EngineUnavailable("no engine could take the session: " + "; ".join(problems))
 

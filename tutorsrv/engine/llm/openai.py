@@ -50,7 +50,8 @@ class OpenAIBackend:
         self.top_p = top_p
         self.retries = retries
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        # Connect and first byte are bounded; a long reply may stream for as long as it takes.
+        # Every wait is bounded: connecting, the first token and any pause between tokens; a
+        # long reply that keeps streaming may take as long as it takes.
         self._timeout = aiohttp.ClientTimeout(
             total=None, connect=timeout, sock_connect=timeout, sock_read=timeout
         )
@@ -64,7 +65,11 @@ class OpenAIBackend:
         try:
             async with self._http.get(f"{self.base_url}/v1/models") as resp:
                 if resp.status != 200:
-                    raise LLMLoadError(f"{self.base_url}/v1/models answered {resp.status}")
+                    await self._http.close()
+                    raise LLMLoadError(
+                        f"llm.base_url: {self.base_url}/v1/models answered {resp.status} "
+                        "(give the server's base URL, without /v1)"
+                    )
                 served = [m.get("id") for m in (await resp.json()).get("data", [])]
         except (aiohttp.ClientError, TimeoutError, ValueError) as e:
             await self._http.close()
