@@ -39,6 +39,18 @@ class ServerConfig:
     state_dir: str = ".tutorsrv"
     # Seconds that open connections get to finish when the server stops.
     shutdown_timeout_seconds: float = 10.0
+    # On SIGTERM/SIGINT: seconds that replies in progress get to finish before their sockets
+    # are closed (1001). New sessions and turns are refused meanwhile.
+    shutdown_grace_seconds: float = 5.0
+    # Browser origins allowed to open WebSockets and call the API, e.g.
+    # ["https://tutors.school.example"]. Empty: any origin (and requests without one).
+    allowed_origins: list[str] = field(default_factory=list)
+    # Per client IP and per account: attempts per minute at logging in and at starting
+    # sessions; beyond them 429 with Retry-After. 0 switches a limit off.
+    login_rate_per_minute: int = 10
+    session_rate_per_minute: int = 30
+    # WebSocket client messages per second (burst of twice this); beyond: a rate_limited error.
+    ws_messages_per_second: int = 20
 
 
 @dataclass
@@ -301,6 +313,16 @@ def validate(config: Config) -> None:
     if s.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"server.log_level: {s.log_level!r} is not debug, info, warning or error")
     _positive("server.shutdown_timeout_seconds", s.shutdown_timeout_seconds, allow_zero=True)
+    _positive("server.shutdown_grace_seconds", s.shutdown_grace_seconds, allow_zero=True)
+    _positive("server.login_rate_per_minute", s.login_rate_per_minute, allow_zero=True)
+    _positive("server.session_rate_per_minute", s.session_rate_per_minute, allow_zero=True)
+    _positive("server.ws_messages_per_second", s.ws_messages_per_second, allow_zero=True)
+    for origin in s.allowed_origins:
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path:
+            raise ConfigError(
+                f"server.allowed_origins: {origin!r} is not an origin like https://host"
+            )
     _positive("engine.max_sessions", e.max_sessions)
     _positive("engine.session_timeout_seconds", e.session_timeout_seconds)
     _positive("engine.max_session_seconds", e.max_session_seconds)
