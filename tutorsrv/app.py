@@ -25,7 +25,7 @@ import asyncpg
 import jinja2
 from aiohttp import web
 
-from . import pages
+from . import limits, metrics, pages
 from .appkeys import (
     BACKPLANE,
     CONFIG,
@@ -50,7 +50,7 @@ from .config import Config, ConfigError, key_file_path
 from .engine import routes as engine_routes
 from .engine.llm import create_backend
 from .engine.public_url import WEBSOCKET_PATH
-from .engine.websocket import session_socket
+from .engine.websocket import drain, session_socket
 from .health import health
 from .http_errors import json_errors
 from .knowledge import HttpKnowledgeSearch, KnowledgeSearch
@@ -81,18 +81,21 @@ def create_app(config: Config, role: str) -> web.Application:
     runs_web = role in ("web", "all")
     runs_engine = role in ("engine", "all")
 
-    middlewares = [json_errors]
+    # metrics first: it counts every answer, including the ones json_errors writes.
+    middlewares = [metrics.count_requests, json_errors, limits.make_origin_check(config)]
     if runs_web:
         middlewares += [database_errors, make_authenticate(auth.PUBLIC_PATHS)]
     app = web.Application(middlewares=middlewares, client_max_size=MAX_REQUEST_BYTES)
     app[CONFIG] = config
     app[ROLE] = role
     app[ENGINE_API_KEY] = _engine_api_key(config, role)
+    limits.setup(app, config)
     if runs_web:
         _setup_web(app, config, role)
     if runs_engine:
         _setup_engine(app, config, role)
     app.router.add_get("/health", health)
+    metrics.setup(app, engine=runs_engine)
     if role == "all":
         app.cleanup_ctx.append(_key_file_ctx)
     if runs_web:
@@ -200,6 +203,9 @@ async def _reaper_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _close_sockets(app: web.Application) -> None:
+    """on_shutdown: refuse new work, let replies finish within the grace, then close (1001).
+    Transcripts flush and the database stops afterwards, in the cleanup contexts."""
+    await drain(app[REGISTRY], app[CONFIG].server.shutdown_grace_seconds)
     await app[REGISTRY].close_all(1001, "server shutting down")
 
 

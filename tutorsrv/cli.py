@@ -97,7 +97,10 @@ def run(args: argparse.Namespace) -> int:
         web.run_app(
             app,
             sock=sock,
-            shutdown_timeout=config.server.shutdown_timeout_seconds,
+            # Never shorter than the grace that replies in progress get (on_shutdown).
+            shutdown_timeout=max(
+                config.server.shutdown_timeout_seconds, config.server.shutdown_grace_seconds
+            ),
             access_log=None,
             print=lambda text: log.info(text.strip().replace("\n", " ")),
         )

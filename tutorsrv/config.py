@@ -45,10 +45,13 @@ class ServerConfig:
     # Browser origins allowed to open WebSockets and call the API, e.g.
     # ["https://tutors.school.example"]. Empty: any origin (and requests without one).
     allowed_origins: list[str] = field(default_factory=list)
-    # Per client IP and per account: attempts per minute at logging in and at starting
-    # sessions; beyond them 429 with Retry-After. 0 switches a limit off.
+    # Attempts per minute at logging in and at starting sessions, per account and per client
+    # IP (a class behind one school NAT address shares the IP budget); beyond them 429 with
+    # Retry-After. 0 switches a limit off.
     login_rate_per_minute: int = 10
+    login_rate_per_ip_per_minute: int = 300
     session_rate_per_minute: int = 30
+    session_rate_per_ip_per_minute: int = 600
     # WebSocket client messages per second (burst of twice this); beyond: a rate_limited error.
     ws_messages_per_second: int = 20
 
@@ -316,6 +319,12 @@ def validate(config: Config) -> None:
     _positive("server.shutdown_grace_seconds", s.shutdown_grace_seconds, allow_zero=True)
     _positive("server.login_rate_per_minute", s.login_rate_per_minute, allow_zero=True)
     _positive("server.session_rate_per_minute", s.session_rate_per_minute, allow_zero=True)
+    _positive(
+        "server.login_rate_per_ip_per_minute", s.login_rate_per_ip_per_minute, allow_zero=True
+    )
+    _positive(
+        "server.session_rate_per_ip_per_minute", s.session_rate_per_ip_per_minute, allow_zero=True
+    )
     _positive("server.ws_messages_per_second", s.ws_messages_per_second, allow_zero=True)
     for origin in s.allowed_origins:
         parts = urlsplit(origin)

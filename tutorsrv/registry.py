@@ -117,6 +117,14 @@ class CapacityError(Exception):
         self.retry_after = retry_after
 
 
+class ShuttingDown(CapacityError):
+    """The engine is stopping (graceful shutdown): it takes no new sessions."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(retry_after)
+        self.args = ("the engine is shutting down",)
+
+
 class TokenError(Exception):
     """A session token was refused. ``code`` is the WebSocket close code to answer with."""
 
@@ -207,9 +215,22 @@ class SessionRegistry:
         self._closing: set[asyncio.Task[None]] = set()
         # Told of every end (the web role's record follows it through the Backplane).
         self.on_end: Callable[[str, EndReason], None] | None = None
+        # Running totals, read by /metrics: sessions created, creations refused by reason.
+        self.created = 0
+        self.rejected: dict[str, int] = {"at_capacity": 0, "shutting_down": 0}
+        # Set by stop_accepting() when shutdown begins: the Retry-After for refused sessions.
+        self._shutdown_retry_after: int | None = None
 
     def __len__(self) -> int:
         return len(self._sessions)
+
+    @property
+    def accepting(self) -> bool:
+        """False once shutdown has begun: no new sessions, sockets or turns."""
+        return self._shutdown_retry_after is None
+
+    def stop_accepting(self, retry_after: float = 5.0) -> None:
+        self._shutdown_retry_after = max(1, math.ceil(retry_after))
 
     def create(
         self,
@@ -219,7 +240,11 @@ class SessionRegistry:
         kb_id: str | None = None,
         tutor: TutorProfile | None = None,
     ) -> tuple[Session, str]:
+        if self._shutdown_retry_after is not None:
+            self.rejected["shutting_down"] += 1
+            raise ShuttingDown(self._shutdown_retry_after)
         if len(self._sessions) >= self.max_sessions:
+            self.rejected["at_capacity"] += 1
             raise CapacityError(self._retry_after())
         wall = self._wall()
         session = Session(
@@ -234,6 +259,7 @@ class SessionRegistry:
         )
         self._sessions[session.id] = session
         token = self.signer.issue(session.id, session.expires_at)
+        self.created += 1
         log.info("session created", extra={"session_id": session.id, "tutor_id": tutor_id})
         return session, token
 

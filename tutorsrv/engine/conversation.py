@@ -78,6 +78,7 @@ class Conversation:
         knowledge: KnowledgeSearch | None = None,
         top_k: int = 3,
         search_timeout: float = 3.0,
+        on_response: Callable[[str, dict[str, Any]], None] | None = None,
     ) -> None:
         self.session = session
         self.registry = registry
@@ -88,8 +89,17 @@ class Conversation:
         self.knowledge = knowledge
         self.top_k = top_k
         self.search_timeout = search_timeout
+        # Told once of every finished response: its outcome (done, interrupted, error) and
+        # its metrics (/metrics counts them).
+        self.on_response = on_response
         self._task: asyncio.Task[None] | None = None
         self._response: Response | None = None
+
+    @property
+    def responding(self) -> asyncio.Task[None] | None:
+        """The task of the response in progress, if any (shutdown waits for it)."""
+        task = self._task
+        return task if task is not None and not task.done() else None
 
     async def student_text(self, content: str) -> None:
         """A student turn: stop whatever is being said, record the turn, answer it."""
@@ -225,7 +235,7 @@ class Conversation:
             return
         except Exception as exc:
             log.exception("generation failed", extra={"session_id": self.session.id})
-            self._record(response, interrupted=True)
+            self._record(response, interrupted=True, failed=True)
             response.finishing = True
             failure = f"the language model failed: {type(exc).__name__}"
             with contextlib.suppress(ConnectionError):
@@ -254,7 +264,12 @@ class Conversation:
             )
 
     def _record(
-        self, response: Response, *, interrupted: bool, metrics: dict[str, Any] | None = None
+        self,
+        response: Response,
+        *,
+        interrupted: bool,
+        metrics: dict[str, Any] | None = None,
+        failed: bool = False,
     ) -> Message:
         """Put the reply in the history and hand the turn to the transcript, once."""
         content = "".join(response.parts).strip()
@@ -262,6 +277,10 @@ class Conversation:
         if response.recorded:
             return message
         response.recorded = True
+        metrics = metrics or response.metrics()
+        if self.on_response is not None:
+            outcome = "error" if failed else "interrupted" if interrupted else "done"
+            self.on_response(outcome, metrics)
         # An empty interrupted reply is not worth a place in the model's history, but the
         # transcript keeps the turn: the student's words count.
         if content or not interrupted:
@@ -277,7 +296,7 @@ class Conversation:
                     interrupted=interrupted,
                     student_text=student.content if student else None,
                     student_at=student.timestamp if student else None,
-                    metrics=metrics or response.metrics(),
+                    metrics=metrics,
                     sources=response.sources,
                 )
             )

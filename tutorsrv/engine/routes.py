@@ -10,7 +10,7 @@ from aiohttp import web
 
 from ..appkeys import CONFIG, ENGINE_API_KEY, REGISTRY
 from ..http_errors import APIError, Handler
-from ..registry import CapacityError, TutorProfile, iso
+from ..registry import CapacityError, ShuttingDown, TutorProfile, iso
 from ..validation import json_body
 from .public_url import engine_url, websocket_base
 
@@ -61,6 +61,13 @@ async def create_session(request: web.Request) -> web.Response:
         session, token = registry.create(
             tutor_id=tutor_id, student_id=student_id, kb_id=kb_id, tutor=tutor
         )
+    except ShuttingDown as e:
+        raise APIError(
+            503,
+            "shutting_down",
+            "this engine is shutting down; retry later (or on another engine)",
+            headers={"Retry-After": str(e.retry_after)},
+        ) from None
     except CapacityError as e:
         raise APIError(
             503,

@@ -17,7 +17,9 @@ from typing import Any
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from ..appkeys import BACKPLANE, CONFIG, KNOWLEDGE, LLM, REGISTRY
-from ..registry import Session, TokenError, iso
+from ..limits import MessageRate, Verdict
+from ..metrics import ENGINE_METRICS, EngineMetrics
+from ..registry import Session, SessionRegistry, TokenError, iso
 from . import protocol
 from .conversation import Conversation
 from .protocol import ProtocolError
@@ -39,15 +41,20 @@ _CLOSE_ERRORS = {
 class Connection:
     """One client socket; what the registry closes when it ends or replaces a session."""
 
-    def __init__(self, ws: web.WebSocketResponse, session_id: str) -> None:
+    def __init__(
+        self, ws: web.WebSocketResponse, session_id: str, metrics: EngineMetrics | None = None
+    ) -> None:
         self.ws = ws
         self.session_id = session_id
+        self.metrics = metrics
         self.conversation: Conversation | None = None
         # Set when this connection has let go of its session (its reply stopped and stored).
         self.released = asyncio.Event()
 
     async def send(self, message: dict[str, Any]) -> None:
         await self.ws.send_str(json.dumps(message, ensure_ascii=False))
+        if self.metrics is not None and message.get("type") == "error":
+            self.metrics.error_frame(message["code"])
 
     async def close(self, code: int, reason: str) -> None:
         """Server-side close: end any reply (with ``interrupted``), say why, then close."""
@@ -66,6 +73,28 @@ class Connection:
 
 # How long a taking-over connection waits for the one it replaces to store its cut-off reply.
 TAKEOVER_WAIT_SECONDS = 5.0
+SHUTTING_DOWN = "the server is shutting down; replies in progress may finish"
+
+
+async def drain(registry: SessionRegistry, grace: float) -> None:
+    """First step of shutdown, before the sockets close (1001): refuse new sessions and
+    turns, tell every connected client (a non-fatal ``shutting_down`` error), and give the
+    replies in progress up to ``grace`` seconds to finish."""
+    registry.stop_accepting(retry_after=grace + 1)
+    connections = [s.socket for s in registry.list() if isinstance(s.socket, Connection)]
+    notice = protocol.error("shutting_down", SHUTTING_DOWN)
+    notices = [asyncio.ensure_future(c.send(notice)) for c in connections if not c.ws.closed]
+    replies = [
+        task
+        for c in connections
+        if c.conversation is not None and (task := c.conversation.responding) is not None
+    ]
+    waiting = notices + replies
+    if waiting and grace > 0:
+        await asyncio.wait(waiting, timeout=grace)
+    for task in notices:
+        task.cancel()  # a client too slow to take the notice within the grace
+    await asyncio.gather(*notices, return_exceptions=True)
 
 
 async def session_socket(request: web.Request) -> web.WebSocketResponse:
@@ -75,7 +104,8 @@ async def session_socket(request: web.Request) -> web.WebSocketResponse:
 
     ws = web.WebSocketResponse(max_msg_size=config.max_message_bytes, heartbeat=30.0)
     await ws.prepare(request)
-    connection = Connection(ws, session_id)
+    metrics = request.app.get(ENGINE_METRICS)
+    connection = Connection(ws, session_id, metrics)
 
     try:
         registry.signer.verify(request.query.get("token"), session_id)
@@ -83,6 +113,9 @@ async def session_socket(request: web.Request) -> web.WebSocketResponse:
         await connection.close(e.code, str(e))
         return ws
     session = registry.get(session_id)
+    if not registry.accepting:
+        await connection.close(protocol.CLOSE_SHUTDOWN, "the server is shutting down")
+        return ws
     if session is None:
         ended = registry.end_reason(session_id)
         if ended == "ended":
@@ -105,6 +138,7 @@ async def session_socket(request: web.Request) -> web.WebSocketResponse:
         knowledge=request.app.get(KNOWLEDGE),
         top_k=request.app[CONFIG].kb.top_k,
         search_timeout=request.app[CONFIG].kb.search_timeout_seconds,
+        on_response=metrics.response_finished if metrics else None,
     )
     connection.conversation = conversation
     registry.attach(session, connection)
@@ -118,7 +152,8 @@ async def session_socket(request: web.Request) -> web.WebSocketResponse:
         await connection.send(_session_message(session, resumed))
         if not session.history:
             await conversation.greet()
-        await _read_loop(ws, conversation, config.max_text_chars)
+        rate = MessageRate(request.app[CONFIG].server.ws_messages_per_second)
+        await _read_loop(ws, conversation, config.max_text_chars, rate)
     except ConnectionError:
         pass  # the client went away while we were writing
     finally:
@@ -134,9 +169,17 @@ async def session_socket(request: web.Request) -> web.WebSocketResponse:
 
 
 async def _read_loop(
-    ws: web.WebSocketResponse, conversation: Conversation, max_text_chars: int
+    ws: web.WebSocketResponse,
+    conversation: Conversation,
+    max_text_chars: int,
+    rate: MessageRate | None = None,
 ) -> None:
     async for msg in ws:
+        if rate is not None and msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+            if (verdict := rate.check()) is not Verdict.ACCEPT:
+                if await _rate_limited(ws, conversation, verdict):
+                    return
+                continue
         if msg.type == WSMsgType.TEXT:
             await _handle_text_frame(msg.data, conversation, max_text_chars)
         elif msg.type == WSMsgType.BINARY:
@@ -153,6 +196,25 @@ async def _read_loop(
             return
 
 
+async def _rate_limited(
+    ws: web.WebSocketResponse, conversation: Conversation, verdict: Verdict
+) -> bool:
+    """A message over the socket's rate is dropped, with a ``rate_limited`` error; a client
+    that keeps flooding is closed (1008). Returns True when the socket was closed."""
+    if verdict is Verdict.DROP:
+        await conversation.send(
+            protocol.error("rate_limited", "too many messages; this one was dropped")
+        )
+        return False
+    log.info("closing a flooding socket", extra={"session_id": conversation.session.id})
+    reason = "too many messages"
+    with contextlib.suppress(ConnectionError):
+        await conversation.interrupt(reason="closing")
+        await conversation.send(protocol.error("rate_limited", reason, fatal=True))
+    await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=reason.encode())
+    return True
+
+
 async def _handle_text_frame(raw: str, conversation: Conversation, max_text_chars: int) -> None:
     try:
         message = protocol.parse_client_message(raw, max_text_chars=max_text_chars)
@@ -161,7 +223,11 @@ async def _handle_text_frame(raw: str, conversation: Conversation, max_text_char
         return
     if message.type != "ping":
         conversation.registry.touch(conversation.session)
-    if message.type == "text":
+    if message.type == "text" and not conversation.registry.accepting:
+        await conversation.send(
+            protocol.error("shutting_down", "the server is shutting down; no new turns")
+        )
+    elif message.type == "text":
         await conversation.student_text(message.data["content"])
     elif message.type == "interrupt":
         await conversation.interrupt(reason="interrupt")

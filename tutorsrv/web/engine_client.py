@@ -22,7 +22,7 @@ from yarl import URL
 
 from ..config import Config
 from ..engine.public_url import engine_url, websocket_base
-from ..registry import CapacityError, SessionRegistry, TutorProfile, iso
+from ..registry import CapacityError, SessionRegistry, ShuttingDown, TutorProfile, iso
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,8 @@ class InProcessEngineClient:
             session, token = self.registry.create(
                 tutor_id=tutor_id, student_id=student_id, kb_id=kb_id, tutor=tutor
             )
+        except ShuttingDown:
+            raise EngineUnavailable("the engine is shutting down") from None
         except CapacityError:
             raise EngineUnavailable(
                 f"the engine holds its maximum of {self.registry.max_sessions} sessions"

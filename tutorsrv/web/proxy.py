@@ -184,7 +184,11 @@ async def _engine_of(
                 "SELECT engine FROM sessions WHERE id = $1", session_id
             )
         except _DATABASE_DOWN as e:
-            log.warning("proxy: session lookup failed (%s)", type(e).__name__)
+            log.warning(
+                "proxy: session lookup failed (%s)",
+                type(e).__name__,
+                extra={"session_id": session_id},
+            )
             await close_browser(
                 browser,
                 WSCloseCode.TRY_AGAIN_LATER,

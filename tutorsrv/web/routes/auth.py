@@ -8,6 +8,7 @@ from aiohttp import web
 from ... import validation as v
 from ...appkeys import CONFIG, DB
 from ...http_errors import APIError
+from ...limits import limit_login
 from ..security import ACCOUNT_TOKENS, Principal, hash_password, principal, verify_password
 
 INVALID_LOGIN = "the email or password is wrong"
@@ -55,6 +56,7 @@ async def login(request: web.Request) -> web.Response:
     v.only_fields(body, ("email", "password"))
     email = v.email(body)
     password = v.password(body, new=False)
+    limit_login(request, email)
     row = await request.app[DB].fetchrow(
         "SELECT id, password_hash FROM admins WHERE lower(email) = $1", email
     )
@@ -69,6 +71,7 @@ async def student_login(request: web.Request) -> web.Response:
     email = v.email(body)
     password = v.password(body, new=False) or ""
     tenant = v.text(body, "organisation_id", max_len=64)
+    limit_login(request, email)
     rows = await request.app[DB].fetch(
         "SELECT id, admin_id, password_hash FROM students WHERE lower(email) = $1", email
     )

@@ -16,6 +16,7 @@ from ... import validation as v
 from ...appkeys import DB, ENGINE_CLIENT
 from ...engine.public_url import engine_url
 from ...http_errors import APIError
+from ...limits import limit_session_start
 from ...registry import TutorProfile
 from ..engine_client import EngineUnavailable
 from ..proxy import proxied_base
@@ -46,6 +47,7 @@ def _scope(who: Principal, first_param: int) -> tuple[str, list[Any]]:
 
 async def create_session(request: web.Request) -> web.Response:
     who = principal(request)
+    limit_session_start(request, f"{who.role}:{who.user_id}")
     tutor_id = path_id(request.match_info["tutor_id"], "tutor")
     body = await v.json_body(request)
     db = request.app[DB]
