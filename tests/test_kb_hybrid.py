@@ -3,68 +3,24 @@
 
 from __future__ import annotations
 
-import asyncio
-import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator
 
-import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
 from tutorsrv.appkeys import DB, INGESTOR
-from tutorsrv.engine.llm.llamacpp import packaged_model_path
 from tutorsrv.web import rag
 
 from .conftest import MakeClient
-from .processes import free_port
+from .llama_server import llama_server
 from .test_kb_smoke import upload
 from .web_helpers import register_admin
 
 
 @pytest.fixture
 async def embeddings_url() -> AsyncIterator[str]:
-    port = free_port()
-    proc = subprocess.Popen(  # noqa: ASYNC220 - spawns only
-        [
-            sys.executable,
-            "-m",
-            "llama_cpp.server",
-            "--model",
-            str(packaged_model_path()),
-            "--embedding",
-            "true",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        async with aiohttp.ClientSession() as http:
-            while True:
-                assert proc.poll() is None, "the embeddings server exited"
-                try:
-                    async with http.get(url + "/v1/models") as resp:
-                        if resp.status == 200:
-                            break
-                except aiohttp.ClientConnectionError:
-                    pass
-                assert time.monotonic() < deadline, "the embeddings server did not start"
-                await asyncio.sleep(0.2)
+    async with llama_server("--embedding", "true") as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 async def test_chunks_get_embeddings_and_search_fuses_both_rankings(

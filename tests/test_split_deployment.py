@@ -11,7 +11,7 @@ import aiohttp
 
 from .conftest import API_KEY, JWT_SECRET
 from .processes import ServerProcess
-from .web_helpers import PASSWORD
+from .web_helpers import PASSWORD, call, set_up_tenant
 
 # Replies long enough that an interrupt always arrives while one is being generated.
 SLOW_SCRIPTED = {
@@ -19,39 +19,6 @@ SLOW_SCRIPTED = {
     "TUTORSRV_LLM_SCRIPTED_TOKEN_COUNT": "200",
     "TUTORSRV_LLM_SCRIPTED_TOKEN_DELAY_MS": "10",
 }
-
-
-async def call(
-    http: aiohttp.ClientSession, method: str, url: str, token: str | None = None, **kw: Any
-) -> tuple[int, Any]:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    async with http.request(method, url, headers=headers, **kw) as resp:
-        body = await resp.json() if resp.content_type == "application/json" else None
-        return resp.status, body
-
-
-async def set_up_tenant(http: aiohttp.ClientSession, base: str) -> dict[str, Any]:
-    status, body = await call(
-        http,
-        "POST",
-        base + "/api/auth/register",
-        json={"email": "a@s.example", "password": PASSWORD},
-    )
-    assert status == 201, body
-    token = body["access_token"]
-    status, tutor = await call(
-        http, "POST", base + "/api/tutors", token, json={"name": "Ada", "greeting": "Hi there."}
-    )
-    assert status == 201, tutor
-    status, student = await call(
-        http,
-        "POST",
-        base + "/api/students",
-        token,
-        json={"email": "s@s.example", "name": "Sam", "password": PASSWORD},
-    )
-    assert status == 201, student
-    return {"token": token, "tutor": tutor, "student": student}
 
 
 async def open_session(http: aiohttp.ClientSession, base: str, t: dict[str, Any]) -> tuple:

@@ -23,7 +23,14 @@ from .conftest import (
     ws_path,
 )
 from .processes import ServerProcess
-from .web_helpers import PASSWORD, create_student, create_tutor, register_admin, start_session
+from .web_helpers import (
+    call,
+    create_student,
+    create_tutor,
+    register_admin,
+    set_up_tenant,
+    start_session,
+)
 
 # Replies long enough that an interrupt or a disconnect always lands while one is generated.
 SLOW_SCRIPTED = {
@@ -31,45 +38,6 @@ SLOW_SCRIPTED = {
     "TUTORSRV_LLM_SCRIPTED_TOKEN_COUNT": "200",
     "TUTORSRV_LLM_SCRIPTED_TOKEN_DELAY_MS": "10",
 }
-
-
-async def call(
-    http: aiohttp.ClientSession,
-    method: str,
-    url: str,
-    token: str | None = None,
-    headers: dict[str, str] | None = None,
-    **kw: Any,
-) -> tuple[int, Any]:
-    all_headers = {"Authorization": f"Bearer {token}"} if token else {}
-    all_headers.update(headers or {})
-    async with http.request(method, url, headers=all_headers, **kw) as resp:
-        body = await resp.json() if resp.content_type == "application/json" else None
-        return resp.status, body
-
-
-async def set_up_tenant(http: aiohttp.ClientSession, base: str) -> dict[str, Any]:
-    status, body = await call(
-        http,
-        "POST",
-        base + "/api/auth/register",
-        json={"email": "a@s.example", "password": PASSWORD},
-    )
-    assert status == 201, body
-    token = body["access_token"]
-    status, tutor = await call(
-        http, "POST", base + "/api/tutors", token, json={"name": "Ada", "greeting": "Hi there."}
-    )
-    assert status == 201, tutor
-    status, student = await call(
-        http,
-        "POST",
-        base + "/api/students",
-        token,
-        json={"email": "s@s.example", "name": "Sam", "password": PASSWORD},
-    )
-    assert status == 201, student
-    return {"token": token, "tutor": tutor, "student": student}
 
 
 async def open_session(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import aiohttp
 from aiohttp.test_utils import TestClient
 
 PASSWORD = "correct horse battery"
@@ -69,3 +70,43 @@ async def start_session(
     )
     assert resp.status == 201, await resp.text()
     return await resp.json()
+
+
+# --- against real processes (an aiohttp client session and a base URL) ----------------------
+
+
+async def call(
+    http: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    token: str | None = None,
+    headers: dict[str, str] | None = None,
+    **kw: Any,
+) -> tuple[int, Any]:
+    """One HTTP request; returns (status, JSON body or None)."""
+    all_headers = {"Authorization": f"Bearer {token}"} if token else {}
+    all_headers.update(headers or {})
+    async with http.request(method, url, headers=all_headers, **kw) as resp:
+        body = await resp.json() if resp.content_type == "application/json" else None
+        return resp.status, body
+
+
+async def set_up_tenant(http: aiohttp.ClientSession, base: str) -> dict[str, Any]:
+    """An admin (a@s.example), a tutor with a greeting and a student, through the API."""
+    account = {"email": "a@s.example", "password": PASSWORD}
+    status, body = await call(http, "POST", base + "/api/auth/register", json=account)
+    assert status == 201, body
+    token = body["access_token"]
+    status, tutor = await call(
+        http, "POST", base + "/api/tutors", token, json={"name": "Ada", "greeting": "Hi there."}
+    )
+    assert status == 201, tutor
+    status, student = await call(
+        http,
+        "POST",
+        base + "/api/students",
+        token,
+        json={"email": "s@s.example", "name": "Sam", "password": PASSWORD},
+    )
+    assert status == 201, student
+    return {"token": token, "tutor": tutor, "student": student}
