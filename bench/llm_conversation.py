@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import gc
 import os
 import platform
@@ -65,6 +64,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psutil
+from common import cpu_model, fmt, percentile
 
 from tutorsrv.config import LLMConfig
 from tutorsrv.engine.llm.base import ChatMessage, GenerationStats
@@ -129,12 +129,7 @@ class ModeResult:
 
 
 def machine_header() -> list[str]:
-    cpu = platform.processor() or "unknown"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    cpu = cpu_model()
     import llama_cpp
 
     return [
@@ -145,15 +140,6 @@ def machine_header() -> list[str]:
         f"- OS: {platform.platform()}",
         f"- llama-cpp-python {llama_cpp.__version__}",
     ]
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    """Nearest-rank percentile (q in 0..100)."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(q / 100.0 * len(ordered) + 0.5)))
-    return ordered[rank - 1]
 
 
 def make_backend(args: argparse.Namespace, cache_bytes: int) -> LlamaCppBackend:
@@ -264,10 +250,6 @@ async def run_mode(mode: str, args: argparse.Namespace) -> ModeResult:
         cache_counted_mib=counted,
         cache_actual_mib=actual,
     )
-
-
-def fmt(value: float | None, digits: int = 1) -> str:
-    return "n/a" if value is None else f"{value:,.{digits}f}"
 
 
 def same_prompts(result: ModeResult, first: ModeResult) -> str:

@@ -49,12 +49,12 @@ from pathlib import Path
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import fmt, percentile
 from ws_sessions import (
     Server,
     bounded_gather,
     kind_of,
     machine_header,
-    percentile,
     settle_rss,
     sigterm_as_exit,
     start_server,
@@ -318,10 +318,6 @@ async def run_leak_check(
 # --------------------------------------------------------------------------------------------
 # Report and main
 # --------------------------------------------------------------------------------------------
-
-
-def fmt(value: float | None, digits: int = 1) -> str:
-    return "n/a" if value is None else f"{value:,.{digits}f}"
 
 
 def print_load(results: list[LoadResult]) -> None:

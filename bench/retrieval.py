@@ -67,6 +67,7 @@ sys.path.insert(0, str(ROOT))
 
 import aiohttp  # noqa: E402
 import asyncpg  # noqa: E402
+from common import cpu_model  # noqa: E402
 
 from tutorsrv.config import KBConfig  # noqa: E402
 from tutorsrv.web import rag  # noqa: E402
@@ -83,12 +84,7 @@ MRR_DEPTH = 10
 
 
 def machine_lines() -> list[str]:
-    cpu = platform.processor() or "unknown"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    cpu = cpu_model()
     ram = "unknown"
     with contextlib.suppress(OSError, ValueError), open("/proc/meminfo", encoding="utf-8") as f:
         for line in f:

@@ -54,6 +54,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 import psutil
+from common import cpu_model, fmt, percentile
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -65,12 +66,7 @@ T = TypeVar("T")
 
 
 def machine_header() -> list[str]:
-    cpu = platform.processor() or "unknown"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    cpu = cpu_model()
     mem = psutil.virtual_memory().total / 2**30
     return [
         f"- CPU: {cpu}",
@@ -227,15 +223,6 @@ class Result:
     tokens: int
     error_kinds: dict[str, int]
     server_ttft_p50_ms: float | None
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    """Nearest-rank percentile (q in 0..100)."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(q / 100.0 * len(ordered) + 0.5)))
-    return ordered[rank - 1]
 
 
 async def bounded_gather(
@@ -431,10 +418,6 @@ async def run_size(
 # --------------------------------------------------------------------------------------------
 # Report
 # --------------------------------------------------------------------------------------------
-
-
-def fmt(value: float | None, digits: int = 1) -> str:
-    return "n/a" if value is None else f"{value:,.{digits}f}"
 
 
 def print_results(results: list[Result]) -> None:
