@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
 import secrets
 import time
 import uuid
@@ -109,6 +110,14 @@ class Session:
         if include_history:
             data["history"] = [m.to_json() for m in self.history]
         return data
+
+
+_SESSION_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def is_session_id(value: str) -> bool:
+    """Whether ``value`` has the shape of the ids ``SessionRegistry.create`` makes."""
+    return _SESSION_ID.fullmatch(value) is not None
 
 
 class CapacityError(Exception):

@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -32,10 +31,10 @@ from yarl import URL
 from ..appkeys import CONFIG, DB, ROLE
 from ..engine import protocol
 from ..engine.public_url import WEBSOCKET_PATH, engine_url, websocket_base
+from ..registry import is_session_id
 
 log = logging.getLogger(__name__)
 
-SESSION_ID = re.compile(r"[0-9a-f]{32}")
 # Ping both sockets this often; a side that stops answering is treated as gone.
 HEARTBEAT_SECONDS = 30.0
 # How long closing one side may wait for the peer's close reply.
@@ -178,7 +177,7 @@ async def _engine_of(
     """The base URL of the engine holding the session; None once the browser has been told
     why there is none (and its socket closed)."""
     row = None
-    if SESSION_ID.fullmatch(session_id):
+    if is_session_id(session_id):
         try:
             row = await request.app[DB].fetchrow(
                 "SELECT engine FROM sessions WHERE id = $1", session_id

@@ -47,6 +47,20 @@ async def owned_kb(db: asyncpg.Pool, kb_id: uuid.UUID, tenant: uuid.UUID) -> asy
     return row
 
 
+async def owned_kb_id(db: asyncpg.Pool, raw: str, tenant: uuid.UUID) -> uuid.UUID:
+    """A ``kb_id`` given in a body (a tutor's default, a session's): one of this tenant's
+    knowledge bases, or 404 naming the field, exactly as for a missing one."""
+    try:
+        kb_id = uuid.UUID(raw)
+    except ValueError:
+        kb_id = None
+    if kb_id is None or not await db.fetchval(
+        "SELECT 1 FROM kbs WHERE id = $1 AND admin_id = $2", kb_id, tenant
+    ):
+        raise APIError(404, "kb_not_found", "no such knowledge base", field="kb_id")
+    return kb_id
+
+
 async def list_kbs(request: web.Request) -> web.Response:
     who = require_admin(request)
     rows = await request.app[DB].fetch(

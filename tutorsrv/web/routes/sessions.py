@@ -6,7 +6,6 @@ admin's tutors. Another tenant's ids answer 404 exactly as missing ones do.
 
 from __future__ import annotations
 
-import re
 import uuid
 from typing import Any
 
@@ -17,12 +16,13 @@ from ...appkeys import DB, ENGINE_CLIENT
 from ...engine.public_url import engine_url
 from ...http_errors import APIError
 from ...limits import limit_session_start
-from ...registry import TutorProfile
+from ...registry import TutorProfile, is_session_id
 from ..engine_client import EngineUnavailable
 from ..proxy import proxied_base
 from ..security import Principal, principal
 from ..transcripts import session_messages
 from .common import path_id, row_json
+from .kbs import owned_kb_id
 
 COLUMNS = (
     "s.id, s.tutor_id, t.name AS tutor_name, s.student_id, st.name AS student_name, s.kb_id,"
@@ -31,7 +31,6 @@ COLUMNS = (
     " AS status, s.created_at, s.expires_at, s.ended_at,"
     " (SELECT count(*) FROM turns WHERE turns.session_id = s.id) AS turns"
 )
-SESSION_ID = re.compile(r"[0-9a-f]{32}")
 FROM = "sessions s JOIN tutors t ON t.id = s.tutor_id JOIN students st ON st.id = s.student_id"
 
 
@@ -77,16 +76,7 @@ async def create_session(request: web.Request) -> web.Response:
     if student is None:
         raise APIError(404, "student_not_found", "no such student")
     if kb_id is not None:
-        try:
-            owned = await db.fetchval(
-                "SELECT 1 FROM kbs WHERE id = $1 AND admin_id = $2",
-                uuid.UUID(kb_id),
-                who.tenant_id,
-            )
-        except ValueError:
-            owned = None
-        if not owned:
-            raise APIError(404, "kb_not_found", "no such knowledge base", field="kb_id")
+        await owned_kb_id(db, kb_id, who.tenant_id)
     elif "kb_id" not in body and tutor["kb_id"] is not None:
         # Absent: the tutor's default knowledge base. An explicit null means none.
         kb_id = str(tutor["kb_id"])
@@ -157,7 +147,7 @@ async def create_session(request: web.Request) -> web.Response:
 def _session_id(request: web.Request) -> str:
     """Engine session ids are 32 hex digits; anything else is simply not found."""
     raw = request.match_info["session_id"]
-    if not SESSION_ID.fullmatch(raw):
+    if not is_session_id(raw):
         raise APIError(404, "session_not_found", "no such session")
     return raw
 

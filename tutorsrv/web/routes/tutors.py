@@ -4,7 +4,6 @@ Admins manage them; students may list and read them (without the persona)."""
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from aiohttp import web
@@ -14,6 +13,7 @@ from ...appkeys import DB
 from ...http_errors import APIError
 from ..security import principal, require_admin
 from .common import path_id, row_json
+from .kbs import owned_kb_id
 from .sessions import end_live_sessions
 
 # field: (max length, required on create)
@@ -53,15 +53,8 @@ async def _read(request: web.Request, *, partial: bool) -> dict[str, Any]:
         raw = v.text(body, "kb_id", max_len=64, nullable=True)
         values["kb_id"] = None
         if raw is not None:
-            kb_id = _uuid_or_none(raw)
-            owned = kb_id and await request.app[DB].fetchval(
-                "SELECT 1 FROM kbs WHERE id = $1 AND admin_id = $2",
-                kb_id,
-                require_admin(request).tenant_id,
-            )
-            if not owned:
-                raise APIError(404, "kb_not_found", "no such knowledge base", field="kb_id")
-            values["kb_id"] = kb_id
+            tenant = require_admin(request).tenant_id
+            values["kb_id"] = await owned_kb_id(request.app[DB], raw, tenant)
     for key, (max_len, required) in FIELDS.items():
         value = v.text(
             body, key, required=required and not partial, max_len=max_len, nullable=key == "model"
@@ -71,13 +64,6 @@ async def _read(request: web.Request, *, partial: bool) -> dict[str, Any]:
                 raise APIError(422, "invalid_field", "'name' must not be empty", field="name")
             values[key] = value if (value is not None or key == "model") else ""
     return values
-
-
-def _uuid_or_none(raw: str) -> uuid.UUID | None:
-    try:
-        return uuid.UUID(raw)
-    except ValueError:
-        return None
 
 
 async def list_tutors(request: web.Request) -> web.Response:
