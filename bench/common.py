@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import platform
+import signal
+import socket
 
 
 def cpu_model() -> str:
@@ -26,3 +28,20 @@ def percentile(values: list[float], q: float) -> float | None:
 
 def fmt(value: float | None, digits: int = 1) -> str:
     return "n/a" if value is None else f"{value:,.{digits}f}"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def die_with_parent() -> None:
+    """In a child before exec: get SIGTERM if the benchmark itself is killed (Linux), so no
+    server outlives a benchmark that died."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)

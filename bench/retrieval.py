@@ -47,8 +47,6 @@ import hashlib
 import json
 import os
 import platform
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -67,7 +65,7 @@ sys.path.insert(0, str(ROOT))
 
 import aiohttp  # noqa: E402
 import asyncpg  # noqa: E402
-from common import cpu_model  # noqa: E402
+from common import cpu_model, die_with_parent, free_port  # noqa: E402
 
 from tutorsrv.config import KBConfig  # noqa: E402
 from tutorsrv.web import rag  # noqa: E402
@@ -150,22 +148,6 @@ async def throwaway_database(server_url: str, limit: float) -> AsyncIterator[asy
 # --------------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGTERM if the benchmark itself is killed (Linux)."""
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
-
-
 def start_embeddings_server(workdir: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
     from tutorsrv.engine.llm.llamacpp import packaged_model_path
 
@@ -190,7 +172,7 @@ def start_embeddings_server(workdir: Path) -> tuple[subprocess.Popen[bytes], str
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            preexec_fn=die_with_parent if sys.platform == "linux" else None,
         )
     return proc, f"http://127.0.0.1:{port}", model
 

@@ -41,7 +41,6 @@ import os
 import platform
 import secrets
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -54,7 +53,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 import psutil
-from common import cpu_model, fmt, percentile
+from common import cpu_model, die_with_parent, fmt, free_port, percentile
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -76,22 +75,6 @@ def machine_header() -> list[str]:
         f"- OS: {platform.platform()}",
         f"- aiohttp {aiohttp.__version__}, psutil {psutil.__version__}",
     ]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGTERM if the benchmark itself is killed (Linux)."""
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 @dataclass
@@ -148,7 +131,7 @@ def start_server(args: argparse.Namespace, workdir: Path) -> Server:
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            preexec_fn=die_with_parent if sys.platform == "linux" else None,
         )
     return Server(proc, port, api_key, log_path)
 
