@@ -85,3 +85,36 @@ class ServerProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+
+def web_and_engine(
+    tmp_path: Path,
+    database_url: str,
+    *,
+    api_key: str,
+    jwt_secret: str,
+    engine_env: dict[str, str] | None = None,
+    web_env: dict[str, str] | None = None,
+) -> tuple[ServerProcess, ServerProcess]:
+    """A split deployment on loopback, not started yet: an engine that reports to the web
+    role, and a web role that places sessions on the engine, sharing one service key."""
+    engine = ServerProcess("engine", {}, tmp_path)
+    web = ServerProcess("web", {}, tmp_path)
+    engine.env.update(
+        {
+            "TUTORSRV_ENGINE_API_KEY": api_key,
+            "TUTORSRV_ENGINE_BACKPLANE_URL": web.base,
+            "TUTORSRV_LLM_BACKEND": "scripted",
+            **(engine_env or {}),
+        }
+    )
+    web.env.update(
+        {
+            "TUTORSRV_ENGINE_API_KEY": api_key,
+            "TUTORSRV_WEB_JWT_SECRET": jwt_secret,
+            "TUTORSRV_WEB_ENGINE_URLS": engine.base,
+            "DATABASE_URL": database_url,
+            **(web_env or {}),
+        }
+    )
+    return engine, web

@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 
 from .conftest import API_KEY, JWT_SECRET
-from .processes import ServerProcess
+from .processes import ServerProcess, web_and_engine
 from .web_helpers import PASSWORD, call, set_up_tenant
 
 # Replies long enough that an interrupt always arrives while one is being generated.
@@ -102,23 +102,13 @@ async def check_knowledge_base(http: aiohttp.ClientSession, base: str, t: dict) 
 
 
 async def test_split_deployment_web_and_engine(tmp_path: Path, database_url: str) -> None:
-    engine = ServerProcess("engine", {}, tmp_path)
-    web = ServerProcess("web", {}, tmp_path)
-    engine.env.update(
-        {
-            "TUTORSRV_ENGINE_API_KEY": API_KEY,
-            "TUTORSRV_ENGINE_BACKPLANE_URL": web.base,
-            **SLOW_SCRIPTED,
-        }
-    )
-    web.env.update(
-        {
-            "TUTORSRV_ENGINE_API_KEY": API_KEY,
-            "TUTORSRV_WEB_JWT_SECRET": JWT_SECRET,
-            "TUTORSRV_WEB_ENGINE_URLS": engine.base,
-            "TUTORSRV_WEB_ENGINE_HEALTH_INTERVAL_SECONDS": "0.3",
-            "DATABASE_URL": database_url,
-        }
+    engine, web = web_and_engine(
+        tmp_path,
+        database_url,
+        api_key=API_KEY,
+        jwt_secret=JWT_SECRET,
+        engine_env=SLOW_SCRIPTED,
+        web_env={"TUTORSRV_WEB_ENGINE_HEALTH_INTERVAL_SECONDS": "0.3"},
     )
     try:
         await engine.start()
@@ -220,24 +210,15 @@ async def test_all_role_keeps_everything_across_a_restart(
 async def test_engine_tells_the_web_role_when_it_expires_a_session(
     tmp_path: Path, database_url: str
 ) -> None:
-    engine = ServerProcess("engine", {}, tmp_path)
-    web = ServerProcess("web", {}, tmp_path)
-    engine.env.update(
-        {
-            "TUTORSRV_ENGINE_API_KEY": API_KEY,
-            "TUTORSRV_ENGINE_BACKPLANE_URL": web.base,
+    engine, web = web_and_engine(
+        tmp_path,
+        database_url,
+        api_key=API_KEY,
+        jwt_secret=JWT_SECRET,
+        engine_env={
             "TUTORSRV_ENGINE_SESSION_TIMEOUT_SECONDS": "1",
             "TUTORSRV_ENGINE_REAPER_INTERVAL_SECONDS": "0.2",
-            "TUTORSRV_LLM_BACKEND": "scripted",
-        }
-    )
-    web.env.update(
-        {
-            "TUTORSRV_ENGINE_API_KEY": API_KEY,
-            "TUTORSRV_WEB_JWT_SECRET": JWT_SECRET,
-            "TUTORSRV_WEB_ENGINE_URLS": engine.base,
-            "DATABASE_URL": database_url,
-        }
+        },
     )
     try:
         await engine.start()

@@ -22,7 +22,7 @@ from .conftest import (
     receive_until,
     ws_path,
 )
-from .processes import ServerProcess
+from .processes import ServerProcess, web_and_engine
 from .web_helpers import (
     call,
     create_student,
@@ -64,28 +64,19 @@ async def engine_history(
 
 
 def processes(tmp_path: Path, database_url: str) -> tuple[ServerProcess, ServerProcess]:
-    engine = ServerProcess("engine", {}, tmp_path)
-    web = ServerProcess("web", {}, tmp_path)
-    engine.env.update(
-        {
-            "TUTORSRV_ENGINE_API_KEY": API_KEY,
-            "TUTORSRV_ENGINE_BACKPLANE_URL": web.base,
-            **SLOW_SCRIPTED,
-        }
-    )
-    web.env.update(
-        {
-            "TUTORSRV_ENGINE_API_KEY": API_KEY,
-            "TUTORSRV_WEB_JWT_SECRET": JWT_SECRET,
-            "TUTORSRV_WEB_ENGINE_URLS": engine.base,
+    return web_and_engine(
+        tmp_path,
+        database_url,
+        api_key=API_KEY,
+        jwt_secret=JWT_SECRET,
+        engine_env=SLOW_SCRIPTED,
+        web_env={
             "TUTORSRV_WEB_PROXY_WEBSOCKET": "true",
             "TUTORSRV_SERVER_SHUTDOWN_TIMEOUT_SECONDS": "5",
             # The proxy holds browser frames to the engines' limit, read from its own config.
             "TUTORSRV_ENGINE_MAX_MESSAGE_BYTES": "4096",
-            "DATABASE_URL": database_url,
-        }
+        },
     )
-    return engine, web
 
 
 async def test_web_role_proxies_the_session_websocket(tmp_path: Path, database_url: str) -> None:
