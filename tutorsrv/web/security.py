@@ -8,6 +8,7 @@ middleware puts on the request; every query is then scoped by ``principal.tenant
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 import uuid
 from dataclasses import dataclass
@@ -25,9 +26,14 @@ AUDIENCE = "tutorsrv-web"
 Role = Literal["admin", "student"]
 
 _hasher = PasswordHasher()
+
+
 # Verified against when the account does not exist, so that "no such user" and "wrong
 # password" take the same time and cannot be told apart.
-_DUMMY_HASH = _hasher.hash("tutorsrv-no-such-account")
+@functools.cache
+def _dummy_hash() -> str:
+    # Made on first use, not at import: the engine role imports this module too.
+    return _hasher.hash("tutorsrv-no-such-account")
 
 
 async def hash_password(password: str) -> str:
@@ -38,7 +44,9 @@ async def hash_password(password: str) -> str:
 async def verify_password(stored_hash: str | None, password: str) -> bool:
     def check() -> bool:
         try:
-            return _hasher.verify(stored_hash or _DUMMY_HASH, password) and stored_hash is not None
+            return (
+                _hasher.verify(stored_hash or _dummy_hash(), password) and stored_hash is not None
+            )
         except (VerificationError, InvalidHashError):
             return False
 
