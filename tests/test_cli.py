@@ -101,6 +101,8 @@ async def test_role_serves_and_stops_on_sigterm(
                     assert time.monotonic() < deadline, "server did not start"
                     await asyncio.sleep(0.1)
             assert health["role"] == role
+            # The defaults load the real speech models before serving.
+            assert health["asr"]["ready"] and health["tts"]["voices"] == ["en_US-joe-medium"]
 
             key = API_KEY
             key_file = tmp_path / ".tutorsrv" / "engine-api-key"
@@ -120,10 +122,18 @@ async def test_role_serves_and_stops_on_sigterm(
                 assert resp.status == 201
                 session = await resp.json()
             async with http.ws_connect(session["engine_url"]) as ws:
-                assert (await ws.receive_json(timeout=10))["type"] == "session"
+                hello = await ws.receive_json(timeout=10)
+                assert hello["type"] == "session"
+                assert hello["audio"]["input"]["sample_rate"] == 16000
                 await ws.send_json({"type": "text", "content": "hi"})
-                while (await ws.receive_json(timeout=10))["type"] != "response_done":
-                    pass
+                audio_bytes = 0
+                while True:
+                    frame = await ws.receive(timeout=10)
+                    if frame.type == aiohttp.WSMsgType.BINARY:
+                        audio_bytes += len(frame.data)
+                    elif frame.json()["type"] == "response_done":
+                        break
+                assert audio_bytes > 0  # the reply was spoken
                 proc.send_signal(signal.SIGTERM)
                 closing = await ws.receive(timeout=20)
                 while closing.type == aiohttp.WSMsgType.TEXT:

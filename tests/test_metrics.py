@@ -78,7 +78,7 @@ async def test_engine_metrics_move_by_exactly_what_happened(make_client: MakeCli
     before = await scrape(client)
     assert before.get("tutorsrv_sessions_live") == 0
     assert before.get("tutorsrv_responses_total", outcome="done") == 0
-    # No backplane on a lone engine: no backplane metrics. Nothing of voice yet either.
+    # No backplane on a lone engine: no backplane metrics. Speech is off: no voice metrics.
     assert not {f for f in before.families if "backplane" in f or "audio" in f or "asr" in f}
 
     session = await new_session(client)

@@ -372,7 +372,7 @@ async def test_bad_messages_get_an_error_and_the_socket_stays_open(
     await ws.close()
 
 
-async def test_binary_frames_are_refused_until_voice_exists(client: TestClient) -> None:
+async def test_binary_frames_are_refused_when_voice_input_is_off(client: TestClient) -> None:
     ws, _ = await connect(client, await new_session(client))
     await ws.send_bytes(b"\x00\x01" * 100)
     assert (await receive_json(ws))["code"] == "audio_unavailable"
@@ -381,12 +381,16 @@ async def test_binary_frames_are_refused_until_voice_exists(client: TestClient) 
     await ws.close()
 
 
-async def test_accepted_switches_need_no_reply(client: TestClient) -> None:
+async def test_config_needs_no_reply_and_played_names_a_spoken_response(
+    client: TestClient,
+) -> None:
     ws, _ = await connect(client, await new_session(client))
     await ws.send_json({"type": "config", "audio_output": False})
-    await ws.send_json({"type": "played", "response_id": "r_1", "audio_ms": 1200})
     await ws.send_json({"type": "ping"})
     assert await receive_json(ws) == {"type": "pong"}
+    # Nothing was spoken on this engine (no TTS): a `played` report names nothing known.
+    await ws.send_json({"type": "played", "response_id": "r_1", "audio_ms": 1200})
+    assert (await receive_json(ws))["code"] == "unknown_response"
     await ws.close()
 
 

@@ -37,6 +37,9 @@ from .appkeys import (
     LLM,
     REGISTRY,
     ROLE,
+    SYNTHESIZER,
+    TRANSCRIBER,
+    VAD,
 )
 from .backplane import (
     Backplane,
@@ -50,6 +53,9 @@ from .config import Config, ConfigError, key_file_path
 from .engine import routes as engine_routes
 from .engine.llm import create_backend
 from .engine.public_url import WEBSOCKET_PATH
+from .engine.speech.asr import Transcriber
+from .engine.speech.tts import Synthesizer
+from .engine.speech.vad import SileroVAD
 from .engine.websocket import drain, session_socket
 from .health import health
 from .http_errors import json_errors
@@ -95,7 +101,12 @@ def create_app(config: Config, role: str) -> web.Application:
     if runs_engine:
         _setup_engine(app, config, role)
     app.router.add_get("/health", health)
-    metrics.setup(app, engine=runs_engine)
+    metrics.setup(
+        app,
+        engine=runs_engine,
+        speech_in=config.asr.enabled,
+        speech_out=config.tts.enabled,
+    )
     if role == "all":
         app.cleanup_ctx.append(_key_file_ctx)
     if runs_web:
@@ -139,6 +150,7 @@ def _setup_engine(app: web.Application, config: Config, role: str) -> None:
     app.cleanup_ctx.append(_backplane_ctx)
     app.cleanup_ctx.append(_knowledge_ctx)
     app.cleanup_ctx.append(_llm_ctx)
+    app.cleanup_ctx.append(_speech_ctx)
     app.cleanup_ctx.append(_reaper_ctx)
     app.on_shutdown.append(_close_sockets)
     app.add_subapp("/v1", engine_routes.session_api())
@@ -188,6 +200,27 @@ async def _llm_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await llm.close()
+
+
+async def _speech_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Speech models, once per process and before the port serves: a missing or broken
+    model stops start-up (ModelLoadError names the setting), never a student's first turn."""
+    config = app[CONFIG]
+    transcriber = Transcriber(config.asr) if config.asr.enabled else None
+    synthesizer = Synthesizer(config.tts) if config.tts.enabled else None
+    try:
+        if transcriber is not None:
+            app[VAD] = await asyncio.to_thread(SileroVAD)
+            await transcriber.load()
+            app[TRANSCRIBER] = transcriber
+        if synthesizer is not None:
+            await synthesizer.load()
+            app[SYNTHESIZER] = synthesizer
+        yield
+    finally:
+        for model in (transcriber, synthesizer):
+            if model is not None:
+                model.close()
 
 
 async def _reaper_ctx(app: web.Application) -> AsyncIterator[None]:

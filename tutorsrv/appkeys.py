@@ -8,6 +8,9 @@ from aiohttp import web
 from .backplane import Backplane
 from .config import Config
 from .engine.llm.base import LLMBackend
+from .engine.speech.asr import Transcriber
+from .engine.speech.tts import Synthesizer
+from .engine.speech.vad import SileroVAD
 from .knowledge import KnowledgeSearch
 from .registry import SessionRegistry
 from .web.engine_client import EngineClient
@@ -27,3 +30,7 @@ BACKPLANE = web.AppKey("backplane", Backplane)
 # Knowledge bases: background ingestion (web side) and passage search (engine side).
 INGESTOR = web.AppKey("ingestor", Ingestor)
 KNOWLEDGE = web.AppKey("knowledge", KnowledgeSearch)
+# Speech models, loaded at start-up; each absent when switched off (asr/tts.enabled).
+TRANSCRIBER = web.AppKey("transcriber", Transcriber)
+VAD = web.AppKey("vad", SileroVAD)
+SYNTHESIZER = web.AppKey("synthesizer", Synthesizer)

@@ -34,6 +34,9 @@ class TurnRecord:
     metrics: dict[str, Any] = field(default_factory=dict)
     # Knowledge-base passages the reply was given: document, heading, excerpt, score.
     sources: list[dict[str, Any]] = field(default_factory=list)
+    # 0 when first stored; higher when the engine corrects the turn (the reply cut to what
+    # the student heard). A stored turn only ever takes a higher revision.
+    revision: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -15,6 +15,7 @@ from . import __version__
 from .app import DEFAULT_PORTS, create_app
 from .config import ROLES, ConfigError, load_config
 from .engine.llm.base import LLMLoadError
+from .engine.speech.asr import ModelLoadError
 from .logs import setup_logging
 from .web.db import DatabaseUnavailable, open_database
 
@@ -104,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
             access_log=None,
             print=lambda text: log.info(text.strip().replace("\n", " ")),
         )
-    except (LLMLoadError, DatabaseUnavailable) as e:
+    except (LLMLoadError, ModelLoadError, DatabaseUnavailable) as e:
         print(f"tutorsrv: cannot start: {e}", file=sys.stderr)
         return 3
     return 0

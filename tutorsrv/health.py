@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from . import __version__
-from .appkeys import DB, ENGINE_CLIENT, LLM, REGISTRY, ROLE
+from .appkeys import DB, ENGINE_CLIENT, LLM, REGISTRY, ROLE, SYNTHESIZER, TRANSCRIBER
 
 SERVICES = {"engine": "tutorsrv-engine", "web": "tutorsrv-web", "all": "tutorsrv"}
 
@@ -28,6 +28,14 @@ async def health(request: web.Request) -> web.Response:
         body["sessions"] = len(registry)
         body["max_sessions"] = registry.max_sessions
         body["llm"] = {"backend": llm.name, "model": llm.model, "ready": True}
+        # The app serves only once every enabled model has loaded: present means ready.
+        transcriber, synthesizer = app.get(TRANSCRIBER), app.get(SYNTHESIZER)
+        body["asr"] = (
+            {"model": transcriber.model_name, "ready": True} if transcriber else "disabled"
+        )
+        body["tts"] = (
+            {"voices": sorted(synthesizer.voices), "ready": True} if synthesizer else "disabled"
+        )
     if DB in app:
         try:
             async with asyncio.timeout(2):

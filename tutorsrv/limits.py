@@ -57,16 +57,16 @@ class TokenBucket:
             self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
 
-    def wait(self, now: float | None = None) -> float:
-        """Seconds until a token is there (0.0: one is there now). Takes nothing."""
+    def wait(self, now: float | None = None, amount: float = 1.0) -> float:
+        """Seconds until ``amount`` tokens are there (0.0: now). Takes nothing."""
         self._refill(self._clock() if now is None else now)
-        return 0.0 if self.tokens >= 1 else (1 - self.tokens) / self.rate
+        return 0.0 if self.tokens >= amount else (amount - self.tokens) / self.rate
 
-    def take(self, now: float | None = None) -> float:
-        """Take a token: 0.0 when taken, else the seconds to wait (nothing is taken)."""
-        waited = self.wait(now)
+    def take(self, now: float | None = None, amount: float = 1.0) -> float:
+        """Take ``amount`` tokens: 0.0 when taken, else the seconds to wait (nothing taken)."""
+        waited = self.wait(now, amount)
         if waited == 0.0:
-            self.tokens -= 1
+            self.tokens -= amount
         return waited
 
     def full(self, now: float) -> bool:

@@ -61,7 +61,9 @@ class Metrics:
 class EngineMetrics:
     """Engine roles: what the session sockets and the responses measure as they happen."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(
+        self, registry: CollectorRegistry, *, speech_in: bool = False, speech_out: bool = False
+    ) -> None:
         self.error_frames = Counter(
             PREFIX + "ws_error_frames",
             "error frames sent on session WebSockets, by code",
@@ -94,12 +96,46 @@ class EngineMetrics:
             registry=registry,
         )
 
+        # Voice metrics exist only where voice does (asr/tts.enabled).
+        self.asr = self.first_audio = self.speech_to_first_audio = None
+        if speech_in:
+            self.asr = Histogram(
+                PREFIX + "asr_seconds",
+                "transcription time of one utterance (speech recognition)",
+                buckets=FIRST_TOKEN_BUCKETS,
+                registry=registry,
+            )
+        if speech_out:
+            self.first_audio = Histogram(
+                PREFIX + "first_audio_seconds",
+                "from a turn (or a greeting) to its response's first audio frame",
+                buckets=FIRST_TOKEN_BUCKETS,
+                registry=registry,
+            )
+        if speech_in and speech_out:
+            self.speech_to_first_audio = Histogram(
+                PREFIX + "speech_to_first_audio_seconds",
+                "spoken turns: from the detected end of the student's speech to the first "
+                "audio frame of the reply",
+                buckets=FIRST_TOKEN_BUCKETS,
+                registry=registry,
+            )
+
+    def transcribed(self, seconds: float) -> None:
+        if self.asr is not None:
+            self.asr.observe(seconds)
+
     def response_finished(self, outcome: str, measured: dict[str, Any]) -> None:
         """One response is over; ``measured`` is its ``Response.metrics()``."""
         self.responses.labels(outcome=outcome).inc()
         self.tokens.inc(measured["tokens"])
         if measured["ttft_ms"] is not None:
             self.first_token.observe(measured["ttft_ms"] / 1000.0)
+        first_audio, speech_to_audio = self.first_audio, self.speech_to_first_audio
+        if first_audio is not None and measured.get("first_audio_ms") is not None:
+            first_audio.observe(measured["first_audio_ms"] / 1000.0)
+        if speech_to_audio is not None and measured.get("speech_to_first_audio_ms") is not None:
+            speech_to_audio.observe(measured["speech_to_first_audio_ms"] / 1000.0)
         if outcome == "done":
             # An interrupted reply's duration says when the student spoke, not how fast we are.
             self.response_duration.observe(measured["duration_ms"] / 1000.0)
@@ -157,13 +193,17 @@ class _ScrapeTimeCollector(Collector):
                 yield CounterMetricFamily(PREFIX + "backplane_" + name, text, value=value)
 
 
-def setup(app: web.Application, *, engine: bool) -> None:
+def setup(
+    app: web.Application, *, engine: bool, speech_in: bool = False, speech_out: bool = False
+) -> None:
     """Give ``app`` its registry (and the engine's instruments) and the ``/metrics`` route.
     The request counter is ``count_requests``, which must be the app's first middleware."""
     metrics = Metrics(app)
     app[METRICS] = metrics
     if engine:
-        app[ENGINE_METRICS] = EngineMetrics(metrics.registry)
+        app[ENGINE_METRICS] = EngineMetrics(
+            metrics.registry, speech_in=speech_in, speech_out=speech_out
+        )
     app.router.add_get("/metrics", serve_metrics)
 
 

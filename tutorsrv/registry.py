@@ -88,6 +88,8 @@ class Session:
     history: list[Message] = field(default_factory=list)
     socket: LiveSocket | None = None
     ever_connected: bool = False
+    # The student's switch (`config` message): speak replies when the engine can.
+    audio_output: bool = True
 
     @property
     def status(self) -> str:

@@ -5,17 +5,20 @@ per WebSocket connection and works on the session's history, so a reconnect resu
 conversation while the old connection's task dies with the old connection.
 
 Every response ends with exactly one of ``response_done`` or ``interrupted``; after
-``interrupted`` nothing more of that response is sent.
+``interrupted`` nothing more of that response is sent, audio included: a spoken response's
+``Speaker`` runs as a child of the response task and has ended before ``interrupted`` goes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import re
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -26,12 +29,23 @@ from ..knowledge import KnowledgeSearch
 from ..registry import Message, Session, SessionRegistry, now_iso
 from . import protocol
 from .llm.base import ChatMessage, GenerationStats, LLMBackend
+from .voice_output import Speaker, SpeechSettings
 
 log = logging.getLogger(__name__)
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 _WORD = re.compile(r"\s*\S+")
+# Spoken responses remembered for ``played`` reports that arrive after they ended.
+_RECENT_SPOKEN = 8
+
+
+@dataclass
+class VoiceTurn:
+    """A student turn that was spoken: when the speech ended and how long ASR took."""
+
+    speech_ended_at: float  # monotonic
+    asr_ms: float
 
 
 @dataclass(eq=False)
@@ -48,13 +62,19 @@ class Response:
     finishing: bool = False
     recorded: bool = False
     sources: list[dict[str, Any]] = field(default_factory=list)
+    speaker: Speaker | None = None
+    voice: VoiceTurn | None = None
+    # Set when recorded: the history entry and the transcript turn (``played`` revises both).
+    message: Message | None = None
+    turn: TurnRecord | None = None
+    played_ms: float | None = None  # a ``played`` report that came before the recording
 
     def metrics(self) -> dict[str, Any]:
         finished = time.monotonic()
         tokens = self.stats.completion_tokens or len(self.parts)
         first = self.first_piece_at
         generating = finished - first if first is not None else 0.0
-        return {
+        measured = {
             "ttft_ms": _ms(first - self.started) if first is not None else None,
             "duration_ms": _ms(finished - self.started),
             "tokens": tokens,
@@ -63,6 +83,20 @@ class Response:
             "cached_prompt_tokens": self.stats.cached_prompt_tokens,
             "trimmed_messages": self.stats.trimmed_messages,
         }
+        if self.speaker is not None:
+            first_audio = self.speaker.first_audio_at
+            measured["first_audio_ms"] = (
+                _ms(first_audio - self.started) if first_audio is not None else None
+            )
+            measured["audio_ms"] = round(self.speaker.audio_ms, 1)
+        if self.voice is not None:
+            measured["asr_ms"] = self.voice.asr_ms
+            if self.speaker is not None and self.speaker.first_audio_at is not None:
+                # End of the student's speech to the tutor's first sound: what students feel.
+                measured["speech_to_first_audio_ms"] = _ms(
+                    self.speaker.first_audio_at - self.voice.speech_ended_at
+                )
+        return measured
 
 
 class Conversation:
@@ -79,6 +113,7 @@ class Conversation:
         top_k: int = 3,
         search_timeout: float = 3.0,
         on_response: Callable[[str, dict[str, Any]], None] | None = None,
+        speech: SpeechSettings | None = None,
     ) -> None:
         self.session = session
         self.registry = registry
@@ -92,8 +127,15 @@ class Conversation:
         # Told once of every finished response: its outcome (done, interrupted, error) and
         # its metrics (/metrics counts them).
         self.on_response = on_response
+        # None: this engine cannot speak. Whether this session wants speech is
+        # ``session.audio_output``.
+        self.speech = speech
         self._task: asyncio.Task[None] | None = None
         self._response: Response | None = None
+        # Turns and interruptions come from the read loop and from transcriptions; one at a
+        # time, so two never cancel the same response or start two at once.
+        self._lock = asyncio.Lock()
+        self._spoken: OrderedDict[str, Response] = OrderedDict()
 
     @property
     def responding(self) -> asyncio.Task[None] | None:
@@ -101,14 +143,16 @@ class Conversation:
         task = self._task
         return task if task is not None and not task.done() else None
 
-    async def student_text(self, content: str) -> None:
+    async def student_text(self, content: str, voice: VoiceTurn | None = None) -> None:
         """A student turn: stop whatever is being said, record the turn, answer it."""
-        await self.interrupt(reason="new_turn")
-        student = Message("user", content, now_iso())
-        self.session.history.append(student)
-        self.registry.touch(self.session)
-        response = Response(_new_id(), student, GenerationStats(), time.monotonic())
-        self._start(self._answer(response), response)
+        async with self._lock:
+            await self._interrupt("new_turn")
+            student = Message("user", content, now_iso())
+            self.session.history.append(student)
+            self.registry.touch(self.session)
+            response = Response(_new_id(), student, GenerationStats(), time.monotonic())
+            response.voice = voice
+            self._start(self._answer(response), response)
 
     async def greet(self) -> None:
         greeting = self.session.tutor.greeting.strip()
@@ -118,6 +162,10 @@ class Conversation:
 
     async def interrupt(self, reason: str = "interrupt") -> bool:
         """Stop the response in progress and say so. Returns True if there was one."""
+        async with self._lock:
+            return await self._interrupt(reason)
+
+    async def _interrupt(self, reason: str) -> bool:
         task, response = self._task, self._response
         if task is None or response is None or task.done():
             return False
@@ -146,7 +194,41 @@ class Conversation:
             self._record(response, interrupted=True)
         await asyncio.gather(task, return_exceptions=True)
 
+    async def played(self, response_id: str, audio_ms: float) -> bool:
+        """The student heard ``audio_ms`` of a response's speech: if that was not all of it,
+        the history and the transcript keep only the words heard. False: no such response."""
+        response = self._spoken.get(response_id)
+        if response is None or response.speaker is None:
+            return False
+        if response.message is None:
+            # Still speaking: applied when it is recorded (cut off or complete).
+            response.played_ms = audio_ms
+            return True
+        self._apply_played(response, audio_ms)
+        return True
+
+    def _apply_played(self, response: Response, audio_ms: float) -> None:
+        speaker, message = response.speaker, response.message
+        assert speaker is not None and message is not None
+        heard = speaker.heard_text(audio_ms)
+        if heard == message.content:
+            return
+        message.content = heard
+        message.interrupted = True
+        if self.record_turn is not None and response.turn is not None:
+            turn = response.turn
+            turn.reply_text = heard
+            turn.interrupted = True
+            turn.metrics = {**turn.metrics, "audio_played_ms": round(audio_ms, 1)}
+            turn.revision += 1
+            self.record_turn(dataclasses.replace(turn))
+
     def _start(self, pieces: AsyncIterator[str], response: Response) -> None:
+        if self.speech is not None and self.session.audio_output:
+            response.speaker = Speaker(self.speech, response.id, self.send)
+            self._spoken[response.id] = response
+            while len(self._spoken) > _RECENT_SPOKEN:
+                self._spoken.popitem(last=False)
         self._response = response
         self._task = asyncio.get_running_loop().create_task(self._respond(response, pieces))
 
@@ -216,6 +298,8 @@ class Conversation:
         return messages
 
     async def _respond(self, response: Response, pieces: AsyncIterator[str]) -> None:
+        speaker = response.speaker
+        speaking = asyncio.create_task(speaker.run()) if speaker is not None else None
         try:
             async with aclosing(pieces) as stream:  # type: ignore[type-var]
                 async for piece in stream:
@@ -225,15 +309,35 @@ class Conversation:
                     await self.send(
                         {"type": "text_stream", "token": piece, "response_id": response.id}
                     )
+                    if speaker is not None:
+                        speaker.feed(piece)
                     self.registry.touch(self.session)
+            # The text is whole: send it now; the speech may go on for a while yet, and the
+            # response can still be interrupted until it has been spoken.
+            written_at = now_iso()
+            await self.send(
+                {
+                    "type": "text",
+                    "content": "".join(response.parts).strip(),
+                    "role": "assistant",
+                    "timestamp": written_at,
+                    "response_id": response.id,
+                }
+            )
+            if speaker is not None and speaking is not None:
+                speaker.finish()
+                await speaking
         except asyncio.CancelledError:
+            await _stop(speaking)
             self._record(response, interrupted=True)
             raise
         except ConnectionError:
             # The socket went away under us; the connection's owner is cleaning up.
+            await _stop(speaking)
             self._record(response, interrupted=True)
             return
         except Exception as exc:
+            await _stop(speaking)
             log.exception("generation failed", extra={"session_id": self.session.id})
             self._record(response, interrupted=True, failed=True)
             response.finishing = True
@@ -247,18 +351,9 @@ class Conversation:
 
         response.finishing = True
         metrics = response.metrics()
-        message = self._record(response, interrupted=False, metrics=metrics)
+        self._record(response, interrupted=False, metrics=metrics, timestamp=written_at)
         # A socket that went away after the reply was complete loses nothing: history has it.
         with contextlib.suppress(ConnectionError):
-            await self.send(
-                {
-                    "type": "text",
-                    "content": message.content,
-                    "role": "assistant",
-                    "timestamp": message.timestamp,
-                    "response_id": response.id,
-                }
-            )
             await self.send(
                 {"type": "response_done", "response_id": response.id, "metrics": metrics}
             )
@@ -270,10 +365,11 @@ class Conversation:
         interrupted: bool,
         metrics: dict[str, Any] | None = None,
         failed: bool = False,
+        timestamp: str | None = None,
     ) -> Message:
         """Put the reply in the history and hand the turn to the transcript, once."""
         content = "".join(response.parts).strip()
-        message = Message("assistant", content, now_iso(), response.id, interrupted)
+        message = Message("assistant", content, timestamp or now_iso(), response.id, interrupted)
         if response.recorded:
             return message
         response.recorded = True
@@ -285,22 +381,32 @@ class Conversation:
         # transcript keeps the turn: the student's words count.
         if content or not interrupted:
             self.session.history.append(message)
+        response.message = message
         if self.record_turn is not None:
             student = response.answering
-            self.record_turn(
-                TurnRecord(
-                    session_id=self.session.id,
-                    response_id=response.id,
-                    reply_text=content,
-                    reply_at=message.timestamp,
-                    interrupted=interrupted,
-                    student_text=student.content if student else None,
-                    student_at=student.timestamp if student else None,
-                    metrics=metrics,
-                    sources=response.sources,
-                )
+            response.turn = TurnRecord(
+                session_id=self.session.id,
+                response_id=response.id,
+                reply_text=content,
+                reply_at=message.timestamp,
+                interrupted=interrupted,
+                student_text=student.content if student else None,
+                student_at=student.timestamp if student else None,
+                metrics=metrics,
+                sources=response.sources,
             )
+            self.record_turn(dataclasses.replace(response.turn))
+        if response.played_ms is not None and response.speaker is not None:
+            self._apply_played(response, response.played_ms)
         return message
+
+
+async def _stop(task: asyncio.Task[None] | None) -> None:
+    """Cancel a response's speaking task and wait until it has really stopped sending."""
+    if task is not None and not task.done():
+        task.cancel()
+    if task is not None:
+        await asyncio.gather(task, return_exceptions=True)
 
 
 def _new_id() -> str:

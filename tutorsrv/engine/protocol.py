@@ -22,8 +22,8 @@ CLOSE_EXPIRED = 4408
 CLOSE_REPLACED = 4409
 CLOSE_ENDED = 4410
 
-# Message types the client may send. Voice-related ones are accepted by name and answered
-# with ``audio_unavailable`` until voice input exists, so clients learn why, not "unknown".
+# Message types the client may send. Voice input on an engine without ASR is answered with
+# ``audio_unavailable``, so clients learn why, not "unknown".
 CLIENT_TYPES = {"text", "interrupt", "ping", "config", "played", "audio", "audio_end"}
 AUDIO_INPUT_TYPES = {"audio", "audio_end"}
 CONFIG_SWITCHES = {"audio_output": bool}
@@ -70,6 +70,10 @@ def parse_client_message(raw: str, *, max_text_chars: int) -> ClientMessage:
                 "text_too_long",
                 f"'content' has {len(content)} characters; the limit is {max_text_chars}",
             )
+    elif kind == "audio":
+        data_field = _require(data, "data", str)
+        if not data_field:
+            raise ProtocolError("invalid_field", "'data' must be base64 audio")
     elif kind == "played":
         _require(data, "response_id", str)
         audio_ms = _require(data, "audio_ms", int | float)

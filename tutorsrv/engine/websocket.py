@@ -16,13 +16,16 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from ..appkeys import BACKPLANE, CONFIG, KNOWLEDGE, LLM, REGISTRY
+from ..appkeys import BACKPLANE, CONFIG, KNOWLEDGE, LLM, REGISTRY, SYNTHESIZER, TRANSCRIBER, VAD
 from ..limits import MessageRate, Verdict
 from ..metrics import ENGINE_METRICS, EngineMetrics
 from ..registry import Session, SessionRegistry, TokenError, iso
 from . import protocol
 from .conversation import Conversation
 from .protocol import ProtocolError
+from .speech.pcm import FORMAT
+from .voice_input import INPUT_FORMAT, VoiceInput
+from .voice_output import SpeechSettings
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +58,9 @@ class Connection:
         await self.ws.send_str(json.dumps(message, ensure_ascii=False))
         if self.metrics is not None and message.get("type") == "error":
             self.metrics.error_frame(message["code"])
+
+    async def send_bytes(self, data: bytes) -> None:
+        await self.ws.send_bytes(data)
 
     async def close(self, code: int, reason: str) -> None:
         """Server-side close: end any reply (with ``interrupted``), say why, then close."""
@@ -128,6 +134,16 @@ async def session_socket(request: web.Request) -> web.WebSocketResponse:
 
     resumed = session.ever_connected
     previous = session.socket
+    app_config = request.app[CONFIG]
+    speech = None
+    if (synthesizer := request.app.get(SYNTHESIZER)) is not None:
+        speech = SpeechSettings(
+            synthesizer,
+            synthesizer.voice(session.tutor.voice),
+            connection.send_bytes,
+            frame_ms=app_config.tts.frame_ms,
+            clause_min_chars=app_config.tts.clause_min_chars,
+        )
     conversation = Conversation(
         session,
         registry,
@@ -139,7 +155,18 @@ async def session_socket(request: web.Request) -> web.WebSocketResponse:
         top_k=request.app[CONFIG].kb.top_k,
         search_timeout=request.app[CONFIG].kb.search_timeout_seconds,
         on_response=metrics.response_finished if metrics else None,
+        speech=speech,
     )
+    voice: VoiceInput | None = None
+    if (transcriber := request.app.get(TRANSCRIBER)) is not None:
+        voice = VoiceInput(
+            transcriber,
+            request.app[VAD],
+            app_config.asr,
+            conversation,
+            accepting=lambda: registry.accepting,
+            on_transcribed=metrics.transcribed if metrics else None,
+        )
     connection.conversation = conversation
     registry.attach(session, connection)
     log.info("socket connected (resumed=%s)", resumed, extra={"session_id": session_id})
@@ -149,11 +176,11 @@ async def session_socket(request: web.Request) -> web.WebSocketResponse:
             # send is the whole story.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(previous.released.wait(), TAKEOVER_WAIT_SECONDS)
-        await connection.send(_session_message(session, resumed))
+        await connection.send(_session_message(session, resumed, voice, speech))
         if not session.history:
             await conversation.greet()
-        rate = MessageRate(request.app[CONFIG].server.ws_messages_per_second)
-        await _read_loop(ws, conversation, config.max_text_chars, rate)
+        rate = MessageRate(app_config.server.ws_messages_per_second)
+        await _read_loop(ws, conversation, voice, config.max_text_chars, rate)
     except ConnectionError:
         pass  # the client went away while we were writing
     finally:
@@ -161,6 +188,8 @@ async def session_socket(request: web.Request) -> web.WebSocketResponse:
         # must happen is done before the first await: release the session, stop the reply.
         registry.detach(session, connection)
         log.info("socket closed (code=%s)", ws.close_code, extra={"session_id": session_id})
+        if voice is not None:
+            await voice.close()  # first: no transcription may start a turn from here on
         await conversation.close()
         connection.released.set()
         if not ws.closed:
@@ -171,21 +200,25 @@ async def session_socket(request: web.Request) -> web.WebSocketResponse:
 async def _read_loop(
     ws: web.WebSocketResponse,
     conversation: Conversation,
+    voice: VoiceInput | None,
     max_text_chars: int,
     rate: MessageRate | None = None,
 ) -> None:
     async for msg in ws:
-        if rate is not None and msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+        # Microphone frames arrive 30-50 a second: VoiceInput budgets them by audio time.
+        counted = msg.type == WSMsgType.TEXT or (msg.type == WSMsgType.BINARY and voice is None)
+        if rate is not None and counted:
             if (verdict := rate.check()) is not Verdict.ACCEPT:
                 if await _rate_limited(ws, conversation, verdict):
                     return
                 continue
         if msg.type == WSMsgType.TEXT:
-            await _handle_text_frame(msg.data, conversation, max_text_chars)
+            await _handle_text_frame(msg.data, conversation, voice, max_text_chars)
         elif msg.type == WSMsgType.BINARY:
-            await conversation.send(
-                protocol.error("audio_unavailable", "voice input is not enabled on this engine")
-            )
+            if voice is None:
+                await conversation.send(_NO_VOICE_INPUT)
+            elif conversation.registry.accepting:
+                await voice.pcm(msg.data)
         elif msg.type == WSMsgType.ERROR:
             # aiohttp has already closed the socket (1009 for an oversized frame).
             log.info(
@@ -215,7 +248,12 @@ async def _rate_limited(
     return True
 
 
-async def _handle_text_frame(raw: str, conversation: Conversation, max_text_chars: int) -> None:
+_NO_VOICE_INPUT = protocol.error("audio_unavailable", "voice input is not enabled on this engine")
+
+
+async def _handle_text_frame(
+    raw: str, conversation: Conversation, voice: VoiceInput | None, max_text_chars: int
+) -> None:
     try:
         message = protocol.parse_client_message(raw, max_text_chars=max_text_chars)
     except ProtocolError as e:
@@ -237,21 +275,48 @@ async def _handle_text_frame(raw: str, conversation: Conversation, max_text_char
             reply["id"] = message.data["id"]
         await conversation.send(reply)
     elif message.type in protocol.AUDIO_INPUT_TYPES:
-        await conversation.send(
-            protocol.error("audio_unavailable", "voice input is not enabled on this engine")
-        )
-    elif message.type in ("config", "played"):
-        # Accepted and validated now; they steer audio output, which has none yet.
-        return
+        if voice is None:
+            await conversation.send(_NO_VOICE_INPUT)
+        elif not conversation.registry.accepting:
+            await conversation.send(
+                protocol.error("shutting_down", "the server is shutting down; no new turns")
+            )
+        elif message.type == "audio_end":
+            await voice.end()
+        else:
+            await voice.recording(message.data.get("data"))
+    elif message.type == "config":
+        if "audio_output" in message.data:
+            # From the next response on; the client silences the current one itself.
+            conversation.session.audio_output = message.data["audio_output"]
+    elif message.type == "played":
+        known = await conversation.played(message.data["response_id"], message.data["audio_ms"])
+        if not known:
+            await conversation.send(
+                protocol.error("unknown_response", "'response_id' is not a recent spoken response")
+            )
 
 
-def _session_message(session: Session, resumed: bool) -> dict[str, Any]:
+def _session_message(
+    session: Session,
+    resumed: bool,
+    voice: VoiceInput | None,
+    speech: SpeechSettings | None,
+) -> dict[str, Any]:
+    output = None
+    if speech is not None and session.audio_output:
+        output = {
+            "format": FORMAT,
+            "sample_rate": speech.voice.sample_rate,
+            "channels": 1,
+            "voice": speech.voice.name,
+        }
     return {
         "type": "session",
         "protocol": protocol.PROTOCOL_VERSION,
         "session_id": session.id,
         "tutor": {"name": session.tutor.name, "language": session.tutor.language},
-        "audio": {"input": None, "output": None},
+        "audio": {"input": dict(INPUT_FORMAT) if voice is not None else None, "output": output},
         "resumed": resumed,
         "expires_at": iso(session.expires_at),
         "history": [m.to_json() for m in session.history],

@@ -19,14 +19,18 @@ def _when(value: str | None) -> datetime | None:
 
 
 async def store_turn(db: asyncpg.Pool, turn: TurnRecord) -> bool:
-    """Store a turn once. Returns False when it was already stored, or when the session is
-    not one the web role created (e.g. opened directly on the engine API): nothing to keep."""
+    """Store a turn once, or a newer revision of it over an older one. Returns False when
+    that revision (or a newer one) was already stored, or when the session is not one the
+    web role created (e.g. opened directly on the engine API): nothing to keep."""
     try:
         result = await db.execute(
             "INSERT INTO turns (session_id, response_id, student_text, student_at, reply_text,"
-            " reply_at, interrupted, metrics, sources)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
-            " ON CONFLICT (session_id, response_id) DO NOTHING",
+            " reply_at, interrupted, metrics, sources, revision)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+            " ON CONFLICT (session_id, response_id) DO UPDATE SET"
+            " reply_text = EXCLUDED.reply_text, interrupted = EXCLUDED.interrupted,"
+            " metrics = EXCLUDED.metrics, revision = EXCLUDED.revision"
+            " WHERE turns.revision < EXCLUDED.revision",
             turn.session_id,
             turn.response_id,
             turn.student_text,
@@ -36,6 +40,7 @@ async def store_turn(db: asyncpg.Pool, turn: TurnRecord) -> bool:
             turn.interrupted,
             json.dumps(turn.metrics),
             json.dumps(turn.sources),
+            turn.revision,
         )
     except asyncpg.ForeignKeyViolationError:
         log.debug("turn for a session without a web record", extra={"session_id": turn.session_id})

@@ -28,6 +28,9 @@ def _turn(body: dict[str, Any]) -> TurnRecord:
     interrupted = body.get("interrupted", False)
     if not isinstance(interrupted, bool):
         raise APIError(422, "invalid_field", "'interrupted' must be a boolean", field="interrupted")
+    revision = body.get("revision", 0)
+    if not isinstance(revision, int) or isinstance(revision, bool) or not 0 <= revision < 2**31:
+        raise APIError(422, "invalid_field", "'revision' must be a small integer", field="revision")
     return TurnRecord(
         session_id=v.text(body, "session_id", required=True, max_len=64),  # type: ignore[arg-type]
         response_id=v.text(body, "response_id", required=True, max_len=64),  # type: ignore[arg-type]
@@ -38,6 +41,7 @@ def _turn(body: dict[str, Any]) -> TurnRecord:
         student_at=v.text(body, "student_at", max_len=40, nullable=True),
         metrics=metrics,
         sources=sources,
+        revision=revision,
     )
 
 
