@@ -102,6 +102,37 @@ async def test_a_retried_delivery_is_stored_once(make_client: MakeClient) -> Non
     ]
 
 
+async def test_a_revised_turn_replaces_older_revisions_only(make_client: MakeClient) -> None:
+    client = await make_client("all")
+    admin, session = await setup_session(client)
+    turn = {
+        "session_id": session["session_id"],
+        "response_id": "r_heard",
+        "student_text": "explain",
+        "student_at": "2026-11-24T08:00:00.000Z",
+        "reply_text": "One two three four.",
+        "reply_at": "2026-11-24T08:00:01.000Z",
+        "metrics": {"tokens": 4},
+    }
+    heard = {**turn, "reply_text": "One two", "interrupted": True, "revision": 1}
+    assert (await client.post("/internal/v1/turns", json=turn, headers=AUTH)).status == 201
+    assert (await client.post("/internal/v1/turns", json=heard, headers=AUTH)).status == 201
+    # A late retry of the first revision changes nothing.
+    late = await client.post("/internal/v1/turns", json=turn, headers=AUTH)
+    assert (late.status, await late.json()) == (200, {"stored": False})
+    stored = [
+        m
+        for m in await messages(client, admin, session["session_id"])
+        if m.get("response_id") == "r_heard" and m["role"] == "assistant"
+    ]
+    assert [(m["content"], m["interrupted"]) for m in stored] == [("One two", True)]
+    for bad in (-1, "1", True, 2**31):
+        resp = await client.post(
+            "/internal/v1/turns", json={**heard, "revision": bad}, headers=AUTH
+        )
+        assert resp.status == 422 and (await resp.json())["field"] == "revision"
+
+
 async def test_internal_api_needs_the_service_key_and_valid_turns(
     make_client: MakeClient,
 ) -> None:

@@ -51,19 +51,28 @@ class ClauseSplitter:
 
     def _next_cut(self) -> int | None:
         text = self._pending
-        ends = [m.end() for m in (_SENTENCE_END.search(text), _NEWLINE.search(text)) if m]
         soft_min = self.soft_min_chars if self._cuts else self.first_soft_min_chars
-        for soft in _SOFT_END.finditer(text):
-            if soft.start() + 1 >= soft_min:
-                ends.append(soft.end())
-                break
-        ends = [end for end in ends if text[:end].strip()]
+        ends = [
+            end
+            for pattern, min_chars in ((_SENTENCE_END, 1), (_NEWLINE, 1), (_SOFT_END, soft_min))
+            if (end := _first_end(pattern, text, min_chars)) is not None
+        ]
         if ends:
             return min(ends)
         if len(text) > self.max_chars:
             space = text.rfind(" ", 0, self.max_chars)
             return space + 1 if space > 0 else self.max_chars
         return None
+
+
+def _first_end(pattern: re.Pattern[str], text: str, min_chars: int) -> int | None:
+    """Where the first break of ``pattern`` ends that leaves a clause with words in it and
+    at least ``min_chars`` characters."""
+    for match in pattern.finditer(text):
+        clause = text[: match.start() + 1]
+        if clause.strip() and len(clause) >= min_chars:
+            return match.end()
+    return None
 
 
 def speakable(clause: str) -> str:
