@@ -265,16 +265,20 @@ function kbItem(kb) {
       }
     });
   });
-  const details = [kb.language, `${kb.documents ?? 0} document${kb.documents === 1 ? "" : "s"}`];
   li.append(
     h("span", { class: "grow" }, h("strong", { text: kb.name }),
       kb.description ? ` · ${kb.description}` : "",
-      h("span", { class: "muted" }, ` · ${details.join(" · ")}`)),
+      h("span", { class: "muted" }, ` · ${kb.language} · `,
+        h("span", { class: "kb-count", text: documentCount(kb.documents ?? 0) }))),
     toggle,
     h("button", { type: "button", class: "danger", onclick: () => deleteKb(kb, li) }, "Delete"),
     panel,
   );
   return li;
+}
+
+function documentCount(n) {
+  return `${n} document${n === 1 ? "" : "s"}`;
 }
 
 function documentItem(kb, doc) {
@@ -313,6 +317,7 @@ async function loadDocuments() {
       const list = panel.querySelector(".documents");
       list.replaceChildren(...documents.map((d) => documentItem(kb, d)));
       if (!documents.length) list.append(h("li", { class: "muted", text: "No documents yet." }));
+      panel.closest("li").querySelector(".kb-count").textContent = documentCount(documents.length);
       processing ||= documents.some((d) => d.status === "processing");
     } catch (err) {
       showError(panel.querySelector(".error"), err, "Could not list the documents");

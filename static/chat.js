@@ -320,7 +320,7 @@ function handle(msg) {
     case "speech_started":
       // The student talks over the tutor: silence it at once (barge-in).
       player.stop("you started speaking");
-      $("mic-state").textContent = "Hearing you…";
+      if (micMode === "hands-free" && streaming) $("mic-state").textContent = "Hearing you…";
       break;
     case "transcription":
       showTranscription(msg.content || "", msg.final === true);
@@ -403,7 +403,7 @@ function showTranscription(text, final) {
     time.dateTime = now;
     time.textContent = formatTime(now);
     hearing = null;
-    if (streaming) $("mic-state").textContent = "Listening…";
+    if (micMode === "hands-free" && streaming) $("mic-state").textContent = "Listening…";
   }
 }
 
