@@ -9,7 +9,7 @@ function errorBox(form) {
   return form.querySelector(".error");
 }
 
-async function signIn(form, path, body) {
+async function signIn(path, body) {
   const login = await api("POST", path, { body, auth: false });
   // The token alone does not carry a name or email to show; ask once, with the new token.
   saveAccount(login, null);
@@ -24,7 +24,7 @@ $("admin-login").addEventListener("submit", (event) => {
   const { email, password } = formValues(form);
   busy(form, async () => {
     try {
-      await signIn(form, "/api/auth/login", { email, password });
+      await signIn("/api/auth/login", { email, password });
       window.location.assign("/admin");
     } catch (err) {
       showError(errorBox(form), err, "Could not sign in");
@@ -39,7 +39,7 @@ $("register").addEventListener("submit", (event) => {
   const { name, email, password } = formValues(form);
   busy(form, async () => {
     try {
-      await signIn(form, "/api/auth/register", { name, email, password });
+      await signIn("/api/auth/register", { name, email, password });
       window.location.assign("/admin");
     } catch (err) {
       showError(errorBox(form), err, "Could not register");
@@ -56,7 +56,7 @@ $("student-login").addEventListener("submit", (event) => {
   if (!$("organisation-choice").hidden && organisation_id) body.organisation_id = organisation_id;
   busy(form, async () => {
     try {
-      await signIn(form, "/api/students/login", body);
+      await signIn("/api/students/login", body);
       await showSignedIn();
     } catch (err) {
       if (err.code === "organisation_required") {

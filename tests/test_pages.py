@@ -23,6 +23,7 @@ from playwright.sync_api import (
     expect,
     sync_playwright,
 )
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from .browser import (
     PHONE,
@@ -112,7 +113,7 @@ def watch_stream(page: Page) -> list[str]:
     while streaming.count():
         try:
             text = streaming.inner_text(timeout=500)
-        except Exception:  # the reply finished between the two calls
+        except PlaywrightTimeout:  # the reply finished between the two calls
             break
         if not seen or seen[-1] != text:
             seen.append(text)
