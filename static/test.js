@@ -53,7 +53,10 @@ function connect() {
     setState(`closed (${event.code}${event.reason ? ": " + event.reason : ""})`);
     socket = null;
   };
-  socket.onmessage = (event) => handle(JSON.parse(event.data));
+  socket.onmessage = (event) => {
+    // Binary frames are the tutor's speech; this page is text only (the chat page plays it).
+    if (typeof event.data === "string") handle(JSON.parse(event.data));
+  };
 }
 
 function handle(msg) {

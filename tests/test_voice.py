@@ -139,6 +139,16 @@ async def test_push_to_talk_audio_end_ends_the_utterance_at_once(make_client: Ma
     heard = await receive_until(ws, "transcription", wait=20)
     assert "volcano" in heard.events("transcription")[0]["content"].lower()
     await receive_until(ws, "response_done")
+
+    # The VAD may end an utterance on a pause before the button is released: that release
+    # is no error. A release with nothing said since the last one is.
+    await send_pcm(ws, utterance_pcm("Tell me about rivers."))
+    heard = await receive_until(ws, "transcription", wait=20)
+    await ws.send_json({"type": "audio_end"})
+    await receive_until(ws, "response_done", heard)
+    assert not heard.events("error")
+    await ws.send_json({"type": "audio_end"})
+    assert (await receive_json(ws))["code"] == "no_speech"
     await ws.close()
 
 

@@ -64,6 +64,9 @@ class VoiceInput:
         self._budget = TokenBucket(config.max_realtime_factor, BURST_SECONDS)
         self._utterances: asyncio.Queue[tuple[np.ndarray, float]] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
+        # Speech was heard since the last `audio_end` (the VAD may have ended the utterance
+        # on a pause before the push-to-talk button was released: that release is no error).
+        self._heard_since_release = False
 
     async def pcm(self, data: bytes) -> None:
         """One binary frame of the microphone stream."""
@@ -91,10 +94,11 @@ class VoiceInput:
     async def end(self) -> None:
         """``audio_end``: push-to-talk released; the utterance ends now."""
         ended = await asyncio.to_thread(self.detector.end_now)
-        if ended is None:
+        heard, self._heard_since_release = self._heard_since_release, False
+        if ended is not None:
+            await self._utterance_ended(ended)
+        elif not heard:
             await self.send(protocol.error("no_speech", "no speech was heard before audio_end"))
-            return
-        await self._utterance_ended(ended)
 
     async def recording(self, data: Any) -> None:
         """``audio``: a whole recorded utterance, base64 in any format FFmpeg decodes."""
@@ -125,6 +129,7 @@ class VoiceInput:
         self._queue(audio)
 
     async def _speech_started(self) -> None:
+        self._heard_since_release = True
         await self.send({"type": "speech_started"})
         await self.conversation.interrupt(reason="barge_in")
 
