@@ -30,8 +30,10 @@ pytestmark = [pytest.mark.browser, pytest.mark.voice]
 
 WAV = Path(__file__).parent / "fixtures" / "what_is_seven_times_eight.wav"
 # The scripted LLM keeps replies short and known; speech recognition and synthesis are the
-# engine's defaults (the real models).
+# engine's defaults (the real models), which the test processes otherwise switch off.
 ENV = {
+    "TUTORSRV_ASR_ENABLED": "true",
+    "TUTORSRV_TTS_ENABLED": "true",
     "TUTORSRV_LLM_BACKEND": "scripted",
     "TUTORSRV_LLM_SCRIPTED_TEXT": "You said: {message}. Well done.",
 }
