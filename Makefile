@@ -33,6 +33,7 @@ bench: install
 	$(BIN)/python bench/ws_sessions.py
 	$(BIN)/python bench/llm_conversation.py
 	$(BIN)/python bench/retrieval.py
+	$(BIN)/python bench/voice.py
 
 clean:
 	rm -rf $(VENV) .tutorsrv .pytest_cache .ruff_cache

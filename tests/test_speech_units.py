@@ -154,3 +154,17 @@ def test_cli_exits_3_with_a_clear_message_when_a_speech_model_is_missing(tmp_pat
     )
     assert result.returncode == 3
     assert "cannot start" in result.stderr and "tts.voice" in result.stderr
+
+
+async def test_tts_on_cuda_needs_a_cuda_runtime() -> None:
+    import onnxruntime
+
+    synthesizer = Synthesizer(TTSConfig(use_cuda=True))
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        await synthesizer.load()  # a GPU machine with onnxruntime-gpu
+        assert synthesizer.default is not None
+        return
+    # The CPU onnxruntime: better a clear stop than a quiet fallback to the CPU on a box
+    # sized for a GPU.
+    with pytest.raises(ModelLoadError, match="no CUDA provider"):
+        await synthesizer.load()

@@ -23,6 +23,8 @@ from .pcm import InvalidAudio
 from .vad import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
+# faster-whisper logs a line per transcription at INFO; one per utterance is noise here.
+logging.getLogger("faster_whisper").setLevel(logging.WARNING)
 
 
 class ModelLoadError(RuntimeError):
@@ -97,9 +99,9 @@ class Transcriber:
 
     async def decode(self, data: bytes) -> np.ndarray:
         """A whole recorded utterance in any container/codec FFmpeg knows (WAV, WebM, Ogg,
-        ...) to 16 kHz mono float samples. Decoding is CPU work, so it runs in the thread."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, _decode, data)
+        ...) to 16 kHz mono float samples. Decoding is CPU work for a worker thread, but not
+        the transcription one: it need not wait behind other sessions' utterances."""
+        return await asyncio.to_thread(_decode, data)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

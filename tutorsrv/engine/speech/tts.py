@@ -78,6 +78,12 @@ class Synthesizer:
             raise ModelLoadError(
                 f"{setting}: cannot load piper voice {path}: {type(e).__name__}: {e}"
             ) from None
+        if self.config.use_cuda and "CUDAExecutionProvider" not in model.session.get_providers():
+            # onnxruntime falls back to the CPU with only a warning; a GPU box should know.
+            raise ModelLoadError(
+                f"{setting}: tts.use_cuda is set but onnxruntime has no CUDA provider here "
+                "(install onnxruntime-gpu, or set tts.use_cuda = false)"
+            )
         name = path.name.removesuffix(".onnx")
         return Voice(name, int(model.config.sample_rate), model)
 
