@@ -49,17 +49,14 @@ from pathlib import Path
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import fmt, percentile
+from common import Server, fmt, percentile, stop_server, wait_healthy
 from ws_sessions import (
-    Server,
     bounded_gather,
     kind_of,
     machine_header,
     settle_rss,
     sigterm_as_exit,
     start_server,
-    stop_server,
-    wait_healthy,
 )
 
 # --------------------------------------------------------------------------------------------

@@ -64,7 +64,6 @@ import platform
 import re
 import secrets
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -78,11 +77,18 @@ from typing import Any
 import aiohttp
 import numpy as np
 import psutil
-from common import cpu_model, die_with_parent, fmt, free_port, percentile
+from common import (
+    Server,
+    cpu_model,
+    fmt,
+    free_port,
+    launch_engine,
+    percentile,
+    stop_server,
+    wait_healthy,
+)
 
 from tutorsrv.engine.speech.pcm import resample, to_pcm
-
-ROOT = Path(__file__).resolve().parent.parent
 
 RATE = 16000
 FRAME_MS = 20
@@ -189,102 +195,16 @@ def machine_header() -> list[str]:
     ]
 
 
-@dataclass
-class Server:
-    proc: subprocess.Popen[bytes]
-    port: int
-    api_key: str
-    log_path: Path
-    ps: psutil.Process = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.ps = psutil.Process(self.proc.pid)
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.api_key}"}
-
-    def rss_mib(self) -> float:
-        return self.ps.memory_info().rss / 2**20
-
-    def cpu_s(self) -> float:
-        times = self.ps.cpu_times()
-        return float(times.user + times.system)
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-
 def start_server(args: argparse.Namespace, workdir: Path) -> Server:
-    port = free_port()
-    api_key = secrets.token_hex(24)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TUTORSRV_")}
-    env.update(
-        {
-            "TUTORSRV_ENGINE_API_KEY": api_key,
-            "TUTORSRV_LLM_MAX_TOKENS": str(args.max_tokens),
-            "TUTORSRV_LLM_SEED": str(args.seed),
-            "TUTORSRV_SERVER_HOST": "127.0.0.1",
-            "TUTORSRV_SERVER_PORT": str(port),
-            "TUTORSRV_SERVER_LOG_LEVEL": args.server_log_level,
-            "TUTORSRV_SERVER_STATE_DIR": str(workdir / "state"),
-            "TUTORSRV_SERVER_SHUTDOWN_TIMEOUT_SECONDS": "2",
-            "TUTORSRV_SERVER_SHUTDOWN_GRACE_SECONDS": "0",
-            "PYTHONUNBUFFERED": "1",
-        }
+    settings = {
+        "TUTORSRV_LLM_MAX_TOKENS": str(args.max_tokens),
+        "TUTORSRV_LLM_SEED": str(args.seed),
+        "TUTORSRV_SERVER_SHUTDOWN_GRACE_SECONDS": "0",
+        **args.server_env,
+    }
+    return launch_engine(
+        workdir, free_port(), secrets.token_hex(24), settings, args.server_log_level
     )
-    env.update(args.server_env)
-    log_path = workdir / "server.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tutorsrv", "run", "--role", "engine"],
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=die_with_parent if sys.platform == "linux" else None,
-        )
-    return Server(proc, port, api_key, log_path)
-
-
-def stop_server(server: Server | None) -> int | None:
-    if server is None:
-        return None
-    proc = server.proc
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-    return proc.returncode
-
-
-async def wait_healthy(
-    http: aiohttp.ClientSession, server: Server, within: float
-) -> dict[str, Any]:
-    deadline = time.monotonic() + within
-    last: object = None
-    while time.monotonic() < deadline:
-        if not server.alive():
-            raise RuntimeError(f"the server exited (status {server.proc.returncode})")
-        try:
-            async with http.get(
-                server.base + "/health", timeout=aiohttp.ClientTimeout(total=2)
-            ) as r:
-                if r.status == 200:
-                    return dict(await r.json())
-                last = r.status
-        except (aiohttp.ClientError, TimeoutError) as e:
-            last = e
-        await asyncio.sleep(0.25)
-    raise TimeoutError(f"/health did not answer 200 within {within:.0f}s (last: {last!r})")
 
 
 # --------------------------------------------------------------------------------------------

@@ -42,20 +42,27 @@ import platform
 import secrets
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
 import psutil
-from common import cpu_model, die_with_parent, fmt, free_port, percentile
+from common import (
+    Server,
+    cpu_model,
+    fmt,
+    free_port,
+    launch_engine,
+    percentile,
+    stop_server,
+    wait_healthy,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
 
 
@@ -77,99 +84,19 @@ def machine_header() -> list[str]:
     ]
 
 
-@dataclass
-class Server:
-    proc: subprocess.Popen[bytes]
-    port: int
-    api_key: str
-    log_path: Path
-    ps: psutil.Process = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.ps = psutil.Process(self.proc.pid)
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.api_key}"}
-
-    def rss(self) -> int:
-        return int(self.ps.memory_info().rss)
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-
 def start_server(args: argparse.Namespace, workdir: Path) -> Server:
-    port = free_port()
-    api_key = secrets.token_hex(24)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TUTORSRV_")}
-    env.update(
-        {
-            "TUTORSRV_ENGINE_API_KEY": api_key,
-            "TUTORSRV_ENGINE_MAX_SESSIONS": str(max(args.sizes) + 100),
-            "TUTORSRV_LLM_BACKEND": "scripted",
-            "TUTORSRV_LLM_SCRIPTED_TOKEN_COUNT": str(args.tokens),
-            "TUTORSRV_LLM_SCRIPTED_TOKEN_DELAY_MS": "0",
-            "TUTORSRV_SERVER_HOST": "127.0.0.1",
-            "TUTORSRV_SERVER_PORT": str(port),
-            "TUTORSRV_SERVER_LOG_LEVEL": args.server_log_level,
-            "TUTORSRV_SERVER_STATE_DIR": str(workdir / "state"),
-            "TUTORSRV_SERVER_SHUTDOWN_TIMEOUT_SECONDS": "2",
-            "PYTHONUNBUFFERED": "1",
-        }
+    settings = {
+        "TUTORSRV_ENGINE_MAX_SESSIONS": str(max(args.sizes) + 100),
+        "TUTORSRV_LLM_BACKEND": "scripted",
+        "TUTORSRV_LLM_SCRIPTED_TOKEN_COUNT": str(args.tokens),
+        "TUTORSRV_LLM_SCRIPTED_TOKEN_DELAY_MS": "0",
+        # Text sessions: the speech models would only add their load time and audio frames.
+        "TUTORSRV_ASR_ENABLED": "false",
+        "TUTORSRV_TTS_ENABLED": "false",
+    }
+    return launch_engine(
+        workdir, free_port(), secrets.token_hex(24), settings, args.server_log_level
     )
-    log_path = workdir / "server.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tutorsrv", "run", "--role", "engine"],
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=die_with_parent if sys.platform == "linux" else None,
-        )
-    return Server(proc, port, api_key, log_path)
-
-
-def stop_server(server: Server | None) -> int | None:
-    """Terminate, wait, then kill. Returns the exit status (None if it never started)."""
-    if server is None:
-        return None
-    proc = server.proc
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-    return proc.returncode
-
-
-async def wait_healthy(
-    http: aiohttp.ClientSession, server: Server, within: float
-) -> dict[str, Any]:
-    deadline = time.monotonic() + within
-    last: object = None
-    while time.monotonic() < deadline:
-        if not server.alive():
-            raise RuntimeError(f"the server exited (status {server.proc.returncode})")
-        try:
-            async with http.get(
-                server.base + "/health", timeout=aiohttp.ClientTimeout(total=2)
-            ) as r:
-                if r.status == 200:
-                    return dict(await r.json())
-                last = r.status
-        except (aiohttp.ClientError, TimeoutError) as e:
-            last = e
-        await asyncio.sleep(0.1)
-    raise TimeoutError(f"/health did not answer 200 within {within:.0f}s (last: {last!r})")
 
 
 # --------------------------------------------------------------------------------------------
