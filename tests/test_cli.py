@@ -69,6 +69,38 @@ def test_missing_model_stops_start_up_with_a_clear_error(tmp_path: Path, databas
     assert "no such file" in result.stderr
 
 
+def test_a_corrupt_model_stops_start_up_before_the_port_opens(tmp_path: Path) -> None:
+    """Exit 3 naming the model, and at no moment did the port accept a connection: a
+    client (or a load balancer's health check) is refused, not left waiting."""
+    bad = tmp_path / "corrupt.gguf"
+    bad.write_bytes(b"GGUF\x03\x00\x00\x00" + os.urandom(4096))
+    port = free_port()
+    proc = subprocess.Popen(
+        [*TUTORSRV, "run", "--role", "engine", "--port", str(port)],
+        env=clean_env({"TUTORSRV_ENGINE_API_KEY": API_KEY, "TUTORSRV_LLM_MODEL_PATH": str(bad)}),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    accepted = 0
+    try:
+        while proc.poll() is None:
+            with socket.socket() as probe:
+                probe.settimeout(1)
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    accepted += 1
+            time.sleep(0.02)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 3
+    assert "cannot start" in stderr and "corrupt.gguf" in stderr
+    assert accepted == 0
+
+
 @pytest.mark.parametrize("role", ["engine", "all"])
 async def test_role_serves_and_stops_on_sigterm(
     tmp_path: Path, role: str, database_url: str

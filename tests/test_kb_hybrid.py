@@ -19,8 +19,8 @@ from .web_helpers import register_admin
 
 @pytest.fixture
 async def embeddings_url() -> AsyncIterator[str]:
-    async with llama_server("--embedding", "true") as url:
-        yield url
+    async with llama_server("--embedding", "true") as server:
+        yield server.url
 
 
 async def test_chunks_get_embeddings_and_search_fuses_both_rankings(

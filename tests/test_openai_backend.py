@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 
@@ -20,8 +21,8 @@ pytestmark = pytest.mark.real_model
 
 @pytest.fixture
 async def server_url() -> AsyncIterator[str]:
-    async with llama_server() as url:
-        yield url
+    async with llama_server() as server:
+        yield server.url
 
 
 MESSAGES = [
@@ -102,3 +103,38 @@ async def test_a_dead_server_after_start_is_an_upstream_error(server_url: str) -
                 pass
     finally:
         await backend.close()
+
+
+async def test_model_server_killed_mid_reply_ends_the_turn_in_seconds(
+    make_client: MakeClient,
+) -> None:
+    """The failure that once hung the suite: the model server dies (as llama.cpp's AMX bug
+    made it) while a reply streams. The student gets a clear error at once, not silence, and
+    the session stays usable."""
+    async with llama_server() as server:
+        client = await make_client(
+            llm={
+                "backend": "openai",
+                "base_url": server.url,
+                "model": "smollm2",
+                "max_tokens": 400,
+                "retries": 0,
+            }
+        )
+        session = await new_session(client)
+        ws = await client.ws_connect(ws_path(session))
+        await receive_json(ws)
+        await ws.send_json({"type": "text", "content": "Count slowly from one to a hundred."})
+        assert (await receive_json(ws, wait=60))["type"] == "text_stream"
+        server.proc.send_signal(signal.SIGSEGV)
+        messages = await receive_until(ws, "interrupted", wait=15)
+        error = next(m for m in messages if m["type"] == "error")
+        assert error["code"] == "generation_failed" and error["fatal"] is False
+        assert "model server" in error["content"]
+        assert messages[-1]["reason"] == "error"
+        assert client.server.app[LLM].active == 0
+        # The next turn fails just as clearly (nothing listens any more) and the socket stays.
+        await ws.send_json({"type": "text", "content": "Are you there?"})
+        messages = await receive_until(ws, "interrupted", wait=15)
+        assert any("cannot reach" in m.get("content", "") for m in messages)
+        await ws.close()

@@ -35,6 +35,7 @@ from .appkeys import (
     INGESTOR,
     KNOWLEDGE,
     LLM,
+    LLM_WARMUP_MS,
     REGISTRY,
     ROLE,
     SYNTHESIZER,
@@ -52,6 +53,7 @@ from .backplane import (
 from .config import Config, ConfigError, key_file_path
 from .engine import routes as engine_routes
 from .engine.llm import create_backend
+from .engine.llm.warmup import warm_up
 from .engine.public_url import WEBSOCKET_PATH
 from .engine.speech.asr import Transcriber
 from .engine.speech.tts import Synthesizer
@@ -194,8 +196,16 @@ async def _key_file_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _llm_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Load the model and prove it generates (warm_up), before the port serves."""
     llm = app[LLM]
     await llm.load()
+    try:
+        seconds = await warm_up(llm, app[CONFIG].llm.warmup_timeout_seconds)
+        app[LLM_WARMUP_MS] = round(seconds * 1000, 1)
+        log.info("model %s warmed up: first token in %.0f ms", llm.model, seconds * 1000)
+    except BaseException:
+        await llm.close()
+        raise
     try:
         yield
     finally:

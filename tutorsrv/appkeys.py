@@ -20,6 +20,8 @@ CONFIG = web.AppKey("config", Config)
 ROLE = web.AppKey("role", str)
 REGISTRY = web.AppKey("registry", SessionRegistry)
 LLM = web.AppKey("llm", LLMBackend)
+# The start-up warm-up generation's time to first token (cold), in ms.
+LLM_WARMUP_MS = web.AppKey("llm_warmup_ms", float)
 # The service key in force: from config, or generated per start by the `all` role.
 ENGINE_API_KEY = web.AppKey("engine_api_key", str)
 # Web role (present in `web` and `all`).

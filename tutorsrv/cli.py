@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import logging
 import socket
 import sys
@@ -67,6 +68,18 @@ def migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def run(args: argparse.Namespace) -> int:
     overrides: dict[str, dict[str, object]] = {"server": {}}
     if args.host:
@@ -79,11 +92,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"tutorsrv: configuration error: {e}", file=sys.stderr)
         return 2
     setup_logging(config.server.log_level)
+    # A crash in native code (a model kernel, a driver) writes every thread's stack to the
+    # log before the process goes, instead of vanishing without a word.
+    faulthandler.enable(all_threads=True)
     port = config.server.port or DEFAULT_PORTS[args.role]
-    # Bind before anything else starts, so a port in use fails fast and touches nothing.
+    # Bind before anything else starts, so a port in use fails fast and touches nothing. The
+    # socket listens only when the server starts serving (after the models and the database
+    # are up): until then a client is refused at once rather than left waiting.
     try:
-        family = socket.AF_INET6 if ":" in config.server.host else socket.AF_INET
-        sock = socket.create_server((config.server.host, port), family=family)
+        sock = _bind(config.server.host, port)
     except OSError as e:
         print(f"tutorsrv: cannot listen on {config.server.host}:{port}: {e}", file=sys.stderr)
         return 3

@@ -103,6 +103,12 @@ class LLMConfig:
     vllm_max_model_len: int = 0
     vllm_gpu_memory_utilization: float = 0.9
     vllm_tensor_parallel_size: int = 1
+    # llamacpp: run the model in a child process that the engine restarts if it dies (a crash
+    # of native code then ends one reply, not every session). false: in the engine's process.
+    out_of_process: bool = True
+    # Every backend: after loading, one short real generation must give its first token within
+    # this many seconds, or start-up stops (exit 3) before the port serves.
+    warmup_timeout_seconds: float = 120.0
     n_ctx: int = 2048
     # 0: one thread per CPU core.
     n_threads: int = 0
@@ -433,6 +439,7 @@ def validate(config: Config) -> None:
     if m.backend == "vllm" and not m.model:
         raise ConfigError("llm.model: the vllm backend needs a model name or path")
     _positive("llm.request_timeout_seconds", m.request_timeout_seconds)
+    _positive("llm.warmup_timeout_seconds", m.warmup_timeout_seconds)
     _positive("llm.retries", m.retries, allow_zero=True)
     if not 0 < m.vllm_gpu_memory_utilization <= 1:
         raise ConfigError("llm.vllm_gpu_memory_utilization: must be in (0, 1]")

@@ -8,7 +8,16 @@ from typing import Any
 from aiohttp import web
 
 from . import __version__
-from .appkeys import DB, ENGINE_CLIENT, LLM, REGISTRY, ROLE, SYNTHESIZER, TRANSCRIBER
+from .appkeys import (
+    DB,
+    ENGINE_CLIENT,
+    LLM,
+    LLM_WARMUP_MS,
+    REGISTRY,
+    ROLE,
+    SYNTHESIZER,
+    TRANSCRIBER,
+)
 
 SERVICES = {"engine": "tutorsrv-engine", "web": "tutorsrv-web", "all": "tutorsrv"}
 
@@ -27,7 +36,19 @@ async def health(request: web.Request) -> web.Response:
         registry, llm = app[REGISTRY], app[LLM]
         body["sessions"] = len(registry)
         body["max_sessions"] = registry.max_sessions
-        body["llm"] = {"backend": llm.name, "model": llm.model, "ready": True}
+        body["llm"] = {
+            "backend": llm.name,
+            "model": llm.model,
+            "ready": llm.ready,
+            "warmup_ttft_ms": app.get(LLM_WARMUP_MS),
+        }
+        # The llama.cpp child process: how often it had to be started again, and why.
+        restarts = getattr(llm, "restarts", None)
+        if restarts is not None:
+            body["llm"]["restarts"] = restarts
+            body["llm"]["last_failure"] = llm.last_failure or None  # type: ignore[attr-defined]
+        # No new turn can be answered while the model restarts: placement skips this engine.
+        healthy = healthy and llm.ready
         # The app serves only once every enabled model has loaded: present means ready.
         transcriber, synthesizer = app.get(TRANSCRIBER), app.get(SYNTHESIZER)
         body["asr"] = (

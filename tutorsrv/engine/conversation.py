@@ -28,7 +28,7 @@ from ..backplane import TurnRecord
 from ..knowledge import KnowledgeSearch
 from ..registry import Message, Session, SessionRegistry, now_iso
 from . import protocol
-from .llm.base import ChatMessage, GenerationStats, LLMBackend
+from .llm.base import ChatMessage, GenerationStats, LLMBackend, LLMUnavailable
 from .voice_output import Speaker, SpeechSettings
 
 log = logging.getLogger(__name__)
@@ -341,7 +341,10 @@ class Conversation:
             log.exception("generation failed", extra={"session_id": self.session.id})
             self._record(response, interrupted=True, failed=True)
             response.finishing = True
-            failure = f"the language model failed: {type(exc).__name__}"
+            if isinstance(exc, LLMUnavailable):  # its message is written to be shown
+                failure = f"the language model is unavailable: {exc}"
+            else:
+                failure = f"the language model failed: {type(exc).__name__}"
             with contextlib.suppress(ConnectionError):
                 await self.send(protocol.error("generation_failed", failure))
                 await self.send(

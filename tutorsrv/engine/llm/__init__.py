@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
-from ...config import LLMConfig
-from .base import ChatMessage, GenerationStats, LLMBackend, LLMLoadError
+from pathlib import Path
 
-__all__ = ["ChatMessage", "GenerationStats", "LLMBackend", "LLMLoadError", "create_backend"]
+from ...config import LLMConfig
+from .base import ChatMessage, GenerationStats, LLMBackend, LLMLoadError, LLMUnavailable
+
+__all__ = [
+    "ChatMessage",
+    "GenerationStats",
+    "LLMBackend",
+    "LLMLoadError",
+    "LLMUnavailable",
+    "create_backend",
+]
 
 
 def create_backend(config: LLMConfig) -> LLMBackend:
@@ -17,18 +26,24 @@ def create_backend(config: LLMConfig) -> LLMBackend:
             config.scripted_text, config.scripted_token_count, config.scripted_token_delay_ms
         )
     if config.backend == "llamacpp":
-        from .llamacpp import LlamaCppBackend
+        from .llamacpp import PACKAGED_MODEL, LlamaCppBackend
 
-        return LlamaCppBackend(
-            config.model_path,
-            n_ctx=config.n_ctx,
-            n_threads=config.n_threads,
-            max_tokens=config.max_tokens,
-            temperature=config.temperature,
-            top_p=config.top_p,
-            seed=config.seed,
-            prompt_cache_bytes=config.prompt_cache_bytes,
-        )
+        options = {
+            "model_path": config.model_path,
+            "n_ctx": config.n_ctx,
+            "n_threads": config.n_threads,
+            "max_tokens": config.max_tokens,
+            "temperature": config.temperature,
+            "top_p": config.top_p,
+            "seed": config.seed,
+            "prompt_cache_bytes": config.prompt_cache_bytes,
+        }
+        if config.out_of_process:
+            from .model_process import LlamaCppProcessBackend
+
+            name = Path(config.model_path).name if config.model_path else PACKAGED_MODEL[1]
+            return LlamaCppProcessBackend(options, model=name)
+        return LlamaCppBackend(**options)
     if config.backend == "openai":
         from .openai import OpenAIBackend
 

@@ -35,6 +35,11 @@ class LLMBackend(Protocol):
     name: str
     model: str
 
+    @property
+    def ready(self) -> bool:
+        """False while the model cannot take a turn (e.g. its process is restarting)."""
+        ...
+
     async def load(self) -> None:
         """Load the model. Raise with a clear message if it cannot be loaded."""
 
@@ -48,3 +53,8 @@ class LLMBackend(Protocol):
 
 class LLMLoadError(RuntimeError):
     """The configured model could not be loaded; the message says what to fix."""
+
+
+class LLMUnavailable(RuntimeError):
+    """The model cannot answer this turn (its process died and is restarting, its server is
+    unreachable). The message is safe to show a student: no secrets, no internals."""

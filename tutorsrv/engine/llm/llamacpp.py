@@ -18,6 +18,12 @@ Prompt reuse, two layers:
 
 Known limit: the stop flag is checked between output tokens, so an interrupt that arrives
 during prompt evaluation takes effect when evaluation ends.
+
+By default this class runs inside a child process (``model_process.py``, ``llm.out_of_process``)
+so that a crash of native code ends one reply, not the engine. CPUs and builds: the Makefile
+builds llama.cpp for a portable instruction set without AMX (docs/deploy.md, "CPUs and
+builds"); a build that has AMX kernels anyway gets weight repacking switched off here, because
+the AMX repack path crashes on Sapphire Rapids (llama.cpp#20824).
 """
 
 from __future__ import annotations
@@ -59,8 +65,34 @@ def packaged_model_path() -> Path:
     raise LLMLoadError(f"{filename} is missing from the installed {package} package")
 
 
+def _avoid_amx_repack(llama_cpp: Any) -> bool:
+    """If this build of llama.cpp has AMX kernels, load models without the extra (repacked)
+    buffer types, which is where the AMX crash lives. Returns whether it had to."""
+    info = llama_cpp.llama_print_system_info().decode("utf-8", "replace")
+    if "AMX_INT8 = 1" not in info:
+        return False
+    defaults = llama_cpp.llama_cpp.llama_model_default_params
+    if getattr(defaults, "tutorsrv_no_repack", False):
+        return True
+
+    def no_repack() -> Any:
+        params = defaults()
+        params.use_extra_bufts = False
+        return params
+
+    no_repack.tutorsrv_no_repack = True  # type: ignore[attr-defined]
+    # Llama() takes its model parameters from this function and has no argument for it.
+    llama_cpp.llama_cpp.llama_model_default_params = no_repack
+    log.warning(
+        "this llama.cpp build has AMX kernels, which crash on some Intel CPUs "
+        "(llama.cpp#20824): weight repacking is off. `make install` builds without them."
+    )
+    return True
+
+
 class LlamaCppBackend:
     name = "llamacpp"
+    ready = True
 
     def __init__(
         self,
@@ -86,6 +118,8 @@ class LlamaCppBackend:
         self._llama: Any = None
         self._format: Any = None
         self._eos_text = ""
+        # What llama.cpp says it was built with (instruction sets, repack), for /health.
+        self.system_info = ""
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llamacpp")
         self.active = 0
 
@@ -101,6 +135,8 @@ class LlamaCppBackend:
             raise LLMLoadError(
                 f"llm.backend = 'llamacpp' needs llama-cpp-python ({e}); run `make install`"
             ) from None
+        self.system_info = llama_cpp.llama_print_system_info().decode("utf-8", "replace").strip()
+        _avoid_amx_repack(llama_cpp)
         path = Path(self.model_path) if self.model_path else packaged_model_path()
         if not path.is_file():
             raise LLMLoadError(f"llm.model_path: no such file: {path}")

@@ -16,7 +16,7 @@ from typing import Any
 
 import aiohttp
 
-from .base import ChatMessage, GenerationStats, LLMLoadError
+from .base import ChatMessage, GenerationStats, LLMLoadError, LLMUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -24,12 +24,13 @@ log = logging.getLogger(__name__)
 RETRY_STATUSES = {429, 500, 502, 503, 504}
 
 
-class UpstreamError(RuntimeError):
+class UpstreamError(LLMUnavailable):
     """The model server refused or broke the request; the message says how (no secrets)."""
 
 
 class OpenAIBackend:
     name = "openai"
+    ready = True
 
     def __init__(
         self,
@@ -152,15 +153,24 @@ class OpenAIBackend:
 
 
 async def _events(resp: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
-    """Server-sent events of a streamed completion, as parsed JSON, until ``[DONE]``."""
-    async for raw in resp.content:
-        line = raw.decode("utf-8", "replace").strip()
-        if not line.startswith("data:"):
-            continue
-        data = line[5:].strip()
-        if data == "[DONE]":
-            return
-        try:
-            yield json.loads(data)
-        except json.JSONDecodeError:
-            raise UpstreamError("the model server sent a malformed event") from None
+    """Server-sent events of a streamed completion, as parsed JSON, until ``[DONE]``.
+
+    A stream that stops without ``[DONE]`` (the server died or dropped the connection) is
+    an error, never a short reply taken as complete."""
+    try:
+        async for raw in resp.content:
+            line = raw.decode("utf-8", "replace").strip()
+            if not line.startswith("data:"):
+                continue
+            data = line[5:].strip()
+            if data == "[DONE]":
+                return
+            try:
+                yield json.loads(data)
+            except json.JSONDecodeError:
+                raise UpstreamError("the model server sent a malformed event") from None
+    except aiohttp.ClientPayloadError:
+        pass
+    except (aiohttp.ClientConnectionError, TimeoutError) as e:
+        raise UpstreamError(f"the model server stopped answering ({type(e).__name__})") from None
+    raise UpstreamError("the model server closed the stream before the reply was complete")

@@ -18,6 +18,7 @@ _WORD = re.compile(r"\s*\S+")
 
 class ScriptedBackend:
     name = "scripted"
+    ready = True
     model = "scripted"
 
     def __init__(self, text: str, token_count: int = 0, token_delay_ms: float = 0.0) -> None:

@@ -23,6 +23,7 @@ from .base import ChatMessage, GenerationStats, LLMLoadError
 
 class VLLMBackend:
     name = "vllm"
+    ready = True
 
     def __init__(
         self,

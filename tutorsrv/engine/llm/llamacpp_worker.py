@@ -1,0 +1,135 @@
+"""The llama.cpp model in a child process: ``python -m tutorsrv.engine.llm.llamacpp_worker``.
+
+Native model code can crash (a SIGSEGV in a CPU kernel, an illegal instruction in a build for
+another CPU). In a child, that ends one reply instead of every session and the database; the
+engine (``model_process.py``) sees the pipe close, names the signal and starts a new child.
+
+Protocol: one JSON object per line. The first line from the parent is
+``{"op": "load", "options": {...}}`` (LlamaCppBackend's keyword arguments); the child answers
+``{"event": "ready", ...}`` or ``{"event": "load_failed", "message": ...}``. Then:
+
+- parent: ``{"op": "generate", "id": n, "messages": [...]}``, ``{"op": "cancel", "id": n}``
+- child: ``{"id": n, "event": "start", <prompt stats>}``, ``{"id": n, "event": "piece", "text"}``
+  ..., then ``{"id": n, "event": "done", <stats>}`` or ``{"id": n, "event": "failed", "message"}``
+
+Generations run one at a time, in order, on the main thread; a reader thread takes the
+parent's lines, so a cancel reaches a generation in progress. End of input (the engine
+stopped, or died) ends the child at once: it never outlives the engine.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import json
+import os
+import queue
+import sys
+import threading
+from dataclasses import asdict
+from typing import Any, BinaryIO
+
+from .base import GenerationStats, LLMLoadError
+from .llamacpp import LlamaCppBackend
+
+
+class Channel:
+    """Writes protocol lines to the parent; one writer at a time."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self._out = out
+        self._lock = threading.Lock()
+
+    def send(self, message: dict[str, Any]) -> None:
+        line = json.dumps(message, ensure_ascii=False, separators=(",", ":")) + "\n"
+        with self._lock:
+            self._out.write(line.encode("utf-8"))
+            self._out.flush()
+
+
+def _protocol_stdout() -> BinaryIO:
+    """The protocol keeps the real stdout to itself; anything native code prints to fd 1
+    goes to stderr (the engine's log) instead of corrupting the protocol."""
+    protocol_fd = os.dup(1)
+    os.dup2(2, 1)
+    return os.fdopen(protocol_fd, "wb", buffering=0)
+
+
+def _read_commands(
+    stdin: BinaryIO, jobs: queue.Queue[dict[str, Any] | None], cancelled: set[int]
+) -> None:
+    for raw in stdin:
+        try:
+            command = json.loads(raw)
+        except ValueError:
+            continue
+        if command.get("op") == "cancel":
+            cancelled.add(int(command["id"]))
+        elif command.get("op") == "generate":
+            jobs.put(command)
+    # The engine closed the pipe or died: nothing more can be asked, nobody reads replies.
+    os._exit(0)
+
+
+def _generate(
+    backend: LlamaCppBackend, command: dict[str, Any], channel: Channel, cancelled: set[int]
+) -> None:
+    job_id = int(command["id"])
+    if job_id in cancelled:
+        cancelled.discard(job_id)
+        return
+    stop = threading.Event()
+    stats = GenerationStats()
+    started = False
+
+    def put(text: str) -> None:
+        nonlocal started
+        if job_id in cancelled:
+            stop.set()
+            return
+        if not started:
+            started = True
+            channel.send({"id": job_id, "event": "start", **asdict(stats)})
+        channel.send({"id": job_id, "event": "piece", "text": text})
+
+    try:
+        backend._generate_blocking(command["messages"], stats, stop, put)
+    except Exception as e:
+        channel.send({"id": job_id, "event": "failed", "message": f"{type(e).__name__}: {e}"})
+    else:
+        if not started:
+            channel.send({"id": job_id, "event": "start", **asdict(stats)})
+        channel.send({"id": job_id, "event": "done", **asdict(stats)})
+    finally:
+        cancelled.discard(job_id)
+
+
+def main() -> int:
+    # A native crash writes every thread's Python stack to stderr (the engine's log).
+    faulthandler.enable(all_threads=True)
+    channel = Channel(_protocol_stdout())
+    stdin = sys.stdin.buffer
+    first = stdin.readline()
+    if not first:
+        return 0
+    try:
+        options = json.loads(first)["options"]
+        backend = LlamaCppBackend(**options)
+        backend._load_blocking()
+    except (LLMLoadError, ValueError, KeyError, TypeError) as e:
+        channel.send({"event": "load_failed", "message": str(e)})
+        return 3
+    channel.send({"event": "ready", "model": backend.model, "system_info": backend.system_info})
+    jobs: queue.Queue[dict[str, Any] | None] = queue.Queue()
+    cancelled: set[int] = set()
+    threading.Thread(
+        target=_read_commands, args=(stdin, jobs, cancelled), name="commands", daemon=True
+    ).start()
+    while True:
+        command = jobs.get()
+        if command is None:
+            return 0
+        _generate(backend, command, channel, cancelled)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
