@@ -42,7 +42,9 @@ def create_backend(config: LLMConfig) -> LLMBackend:
             from .model_process import LlamaCppProcessBackend
 
             name = Path(config.model_path).name if config.model_path else PACKAGED_MODEL[1]
-            return LlamaCppProcessBackend(options, model=name)
+            return LlamaCppProcessBackend(
+                options, model=name, probe_timeout=config.warmup_timeout_seconds
+            )
         return LlamaCppBackend(**options)
     if config.backend == "openai":
         from .openai import OpenAIBackend

@@ -28,6 +28,7 @@ import threading
 from dataclasses import asdict
 from typing import Any, BinaryIO
 
+from ...logs import setup_logging
 from .base import GenerationStats, LLMLoadError
 from .llamacpp import LlamaCppBackend
 
@@ -112,7 +113,9 @@ def main() -> int:
     if not first:
         return 0
     try:
-        options = json.loads(first)["options"]
+        load = json.loads(first)
+        setup_logging(load.get("log_level") or "INFO")
+        options = load["options"]
         backend = LlamaCppBackend(**options)
         backend._load_blocking()
     except (LLMLoadError, ValueError, KeyError, TypeError) as e:

@@ -73,10 +73,18 @@ class _Child:
 class LlamaCppProcessBackend:
     name = "llamacpp"
 
-    def __init__(self, options: dict[str, Any], *, model: str, load_timeout: float = 300.0) -> None:
+    def __init__(
+        self,
+        options: dict[str, Any],
+        *,
+        model: str,
+        load_timeout: float = 300.0,
+        probe_timeout: float = 120.0,
+    ) -> None:
         self.options = options
         self.model = model
         self.load_timeout = load_timeout
+        self.probe_timeout = probe_timeout
         self.active = 0
         # Children started after a death (for /health and the metrics).
         self.restarts = 0
@@ -111,7 +119,8 @@ class LlamaCppProcessBackend:
         child = _Child(proc)
         assert proc.stdout is not None
         try:
-            child.send({"op": "load", "options": self.options})
+            level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
+            child.send({"op": "load", "options": self.options, "log_level": level})
             async with asyncio.timeout(self.load_timeout):
                 line = await proc.stdout.readline()
             first = json.loads(line) if line else {}
@@ -163,13 +172,15 @@ class LlamaCppProcessBackend:
                 log.error("the model process could not be restarted: %s", e)
                 continue
             try:
-                stats = GenerationStats()
-                async with contextlib.aclosing(self._generate(child, PROBE, stats)) as probe:
-                    async for _ in probe:
-                        break
-            except LLMUnavailable as e:
-                self.last_failure = str(e)
-                log.error("the restarted model process failed its warm-up: %s", e)
+                async with asyncio.timeout(self.probe_timeout):
+                    stats = GenerationStats()
+                    probe = self._generate(child, PROBE, stats)
+                    async with contextlib.aclosing(probe):
+                        async for _ in probe:
+                            break
+            except (LLMUnavailable, TimeoutError) as e:
+                self.last_failure = str(e) or "no token within the warm-up time"
+                log.error("the restarted model process failed its warm-up: %s", self.last_failure)
                 await self._end(child)
                 continue
             self._child = child
