@@ -4,16 +4,40 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-# llama.cpp is compiled from source, for a portable instruction set: x86-64-v3 (AVX2, FMA,
-# F16C, BMI2), never -march=native and never AMX. A native build crashes on Intel CPUs with AMX
-# (llama.cpp#20824) and cannot move to another CPU (a copied venv, an image, a cached wheel).
-# The figures behind this choice are in docs/deploy.md, "CPUs and builds". Override on the
-# command line for a machine you control: make install LLAMA_CMAKE_ARGS="-DGGML_NATIVE=ON".
+# llama.cpp is compiled from source, never with -march=native and never with AMX: a native
+# build on an Intel CPU with AMX crashes in its first reply (llama.cpp#20824), and a native
+# build cannot move to another CPU. Instead each instruction set is named explicitly:
+#   LLAMA_CPU=auto (default): the sets this machine's CPU has (AVX2, and AVX-512 with VBMI,
+#     VNNI, BF16 where present). AVX-512 evaluates prompts ~1.5x faster than AVX2 here.
+#   LLAMA_CPU=portable: x86-64-v3 (AVX2, FMA, F16C, BMI2), which runs on every x86-64 server
+#     of the last ten years: use it for a venv or image that moves between machines.
+# Figures and reasons: docs/deploy.md, "CPUs and builds". Any other CMake flags:
+#   make install LLAMA_CMAKE_ARGS="..."
 LLAMA_CPP_VERSION := 0.3.36
-LLAMA_CMAKE_ARGS  ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON \
-	-DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=OFF \
+LLAMA_CPU ?= auto
+CPU_FLAGS := $(shell grep -m1 '^flags' /proc/cpuinfo 2>/dev/null)
+have = $(if $(filter $(1),$(CPU_FLAGS)),ON,OFF)
+ifeq ($(LLAMA_CPU),portable)
+LLAMA_ISA := -DGGML_SSE42=ON -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+	-DGGML_BMI2=ON -DGGML_AVX_VNNI=OFF -DGGML_AVX512=OFF -DGGML_AVX512_VBMI=OFF \
+	-DGGML_AVX512_VNNI=OFF -DGGML_AVX512_BF16=OFF
+else ifeq ($(LLAMA_CPU),auto)
+# ggml's AVX512 switch means F, CD, VL, DQ and BW together.
+AVX512 := $(if $(filter-out ON,$(foreach f,avx512f avx512cd avx512vl avx512dq avx512bw,\
+	$(call have,$(f)))),OFF,ON)
+with512 = $(if $(filter ON,$(AVX512)),$(call have,$(1)),OFF)
+LLAMA_ISA := -DGGML_SSE42=$(call have,sse4_2) -DGGML_AVX=$(call have,avx) \
+	-DGGML_AVX2=$(call have,avx2) -DGGML_FMA=$(call have,fma) -DGGML_F16C=$(call have,f16c) \
+	-DGGML_BMI2=$(call have,bmi2) -DGGML_AVX_VNNI=$(call have,avx_vnni) \
+	-DGGML_AVX512=$(AVX512) -DGGML_AVX512_VBMI=$(call with512,avx512vbmi) \
+	-DGGML_AVX512_VNNI=$(call with512,avx512_vnni) -DGGML_AVX512_BF16=$(call with512,avx512_bf16)
+else
+$(error LLAMA_CPU must be auto or portable, not $(LLAMA_CPU))
+endif
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF $(LLAMA_ISA) \
 	-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
-# One stamp per version + flags: changing either rebuilds llama.cpp in an existing venv.
+# One stamp per version + flags: changing either (or moving the checkout to a CPU with other
+# instruction sets) rebuilds llama.cpp in the existing venv.
 LLAMA_STAMP := $(VENV)/.llama-cpp-$(shell echo '$(LLAMA_CPP_VERSION) $(LLAMA_CMAKE_ARGS)' \
 	| sha256sum | cut -c1-12)
 

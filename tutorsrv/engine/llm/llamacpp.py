@@ -65,7 +65,7 @@ def packaged_model_path() -> Path:
     raise LLMLoadError(f"{filename} is missing from the installed {package} package")
 
 
-def _avoid_amx_repack(llama_cpp: Any) -> bool:
+def avoid_amx_repack(llama_cpp: Any) -> bool:
     """If this build of llama.cpp has AMX kernels, load models without the extra (repacked)
     buffer types, which is where the AMX crash lives. Returns whether it had to."""
     info = llama_cpp.llama_print_system_info().decode("utf-8", "replace")
@@ -136,7 +136,7 @@ class LlamaCppBackend:
                 f"llm.backend = 'llamacpp' needs llama-cpp-python ({e}); run `make install`"
             ) from None
         self.system_info = llama_cpp.llama_print_system_info().decode("utf-8", "replace").strip()
-        _avoid_amx_repack(llama_cpp)
+        avoid_amx_repack(llama_cpp)
         path = Path(self.model_path) if self.model_path else packaged_model_path()
         if not path.is_file():
             raise LLMLoadError(f"llm.model_path: no such file: {path}")
