@@ -42,6 +42,10 @@ async def health(request: web.Request) -> web.Response:
             "ready": llm.ready,
             "warmup_ttft_ms": app.get(LLM_WARMUP_MS),
         }
+        # llama.cpp: the instruction sets it was built with (docs/deploy.md, CPUs and builds).
+        build = getattr(llm, "system_info", "")
+        if build:
+            body["llm"]["build"] = build
         # The llama.cpp child process: how often it had to be started again, and why.
         restarts = getattr(llm, "restarts", None)
         if restarts is not None:

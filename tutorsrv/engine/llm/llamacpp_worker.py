@@ -61,12 +61,12 @@ def _read_commands(
     for raw in stdin:
         try:
             command = json.loads(raw)
-        except ValueError:
-            continue
-        if command.get("op") == "cancel":
-            cancelled.add(int(command["id"]))
-        elif command.get("op") == "generate":
-            jobs.put(command)
+            if command.get("op") == "cancel":
+                cancelled.add(int(command["id"]))
+            elif command.get("op") == "generate":
+                jobs.put(command)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            continue  # not from the engine; nothing to answer
     # The engine closed the pipe or died: nothing more can be asked, nobody reads replies.
     os._exit(0)
 

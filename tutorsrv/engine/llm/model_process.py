@@ -55,6 +55,10 @@ class ModelProcessDied(LLMUnavailable):
     pass
 
 
+class ModelGenerationFailed(RuntimeError):
+    """llama.cpp raised inside the child; the message (for the log) may hold internals."""
+
+
 class _Child:
     """One child process and the requests it is answering."""
 
@@ -145,7 +149,7 @@ class LlamaCppProcessBackend:
                 waiting = child.requests.get(event.get("id"))
                 if waiting is not None:
                     waiting.put_nowait(event)
-        except (ValueError, ConnectionError, asyncio.LimitOverrunError) as e:
+        except (ValueError, ConnectionError) as e:  # readline's limit is a ValueError too
             log.error("the model process sent something unreadable (%s); restarting it", e)
             child.proc.kill()
         returncode = await child.proc.wait()
@@ -178,7 +182,7 @@ class LlamaCppProcessBackend:
                     async with contextlib.aclosing(probe):
                         async for _ in probe:
                             break
-            except (LLMUnavailable, TimeoutError) as e:
+            except (LLMUnavailable, ModelGenerationFailed, TimeoutError) as e:
                 self.last_failure = str(e) or "no token within the warm-up time"
                 log.error("the restarted model process failed its warm-up: %s", self.last_failure)
                 await self._end(child)
@@ -236,7 +240,7 @@ class LlamaCppProcessBackend:
                         return
                 elif kind == "failed":
                     finished = True
-                    raise LLMUnavailable(f"the model failed: {event.get('message', '')}")
+                    raise ModelGenerationFailed(event.get("message", ""))
         finally:
             child.requests.pop(job_id, None)
             if not finished:
