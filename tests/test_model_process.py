@@ -60,6 +60,8 @@ async def test_a_crash_of_the_model_ends_one_reply_and_the_session_goes_on(
     health = await (await client.get("/health")).json()
     assert health["status"] == "healthy" and health["llm"]["restarts"] == 1
     assert "SIGSEGV" in health["llm"]["last_failure"]
+    metrics = await (await client.get("/metrics")).text()
+    assert "tutorsrv_llm_restarts_total 1.0" in metrics and "tutorsrv_llm_ready 1.0" in metrics
     assert llm.pid not in (None, first_pid) and not psutil.pid_exists(first_pid)
 
     # Same socket, same session: the next question is answered by the new child, and the

@@ -7,8 +7,9 @@ process, as in the tests, count separately. Two kinds of metric live here:
   frames sent on session sockets (``Connection.send``), finished responses with their
   latencies and tokens (``Conversation``'s ``on_response``).
 - Read at scrape time from the objects that already hold the figures: live sessions and
-  sockets and session creations/rejections (``SessionRegistry``), transcript delivery
-  (``Backplane``). Nothing is duplicated, so nothing can drift.
+  sockets and session creations/rejections (``SessionRegistry``), the model's readiness and
+  restarts (the LLM backend), transcript delivery (``Backplane``). Nothing is duplicated, so
+  nothing can drift.
 
 Only what is measured is defined: the web role has no engine metrics, and an engine with no
 backplane has no backplane metrics. Labels are bounded sets chosen by the server (route
@@ -32,7 +33,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .appkeys import BACKPLANE, REGISTRY
+from .appkeys import BACKPLANE, LLM, REGISTRY
 from .http_errors import Handler
 
 PREFIX = "tutorsrv_"
@@ -178,6 +179,20 @@ class _ScrapeTimeCollector(Collector):
             for reason, count in sorted(registry.rejected.items()):
                 rejected.add_metric([reason], count)
             yield rejected
+        llm = self._app.get(LLM)
+        if llm is not None:
+            yield GaugeMetricFamily(
+                PREFIX + "llm_ready",
+                "1 when the language model can take a turn, 0 while it restarts",
+                value=1 if llm.ready else 0,
+            )
+            restarts = getattr(llm, "restarts", None)
+            if restarts is not None:
+                yield CounterMetricFamily(
+                    PREFIX + "llm_restarts",
+                    "model processes started again after one died",
+                    value=restarts,
+                )
         backplane = self._app.get(BACKPLANE)
         if backplane is not None:
             yield GaugeMetricFamily(
