@@ -48,6 +48,8 @@ class ServerProcess:
         self.env = clean_env(env)
         self.proc: subprocess.Popen[str] | None = None
         self.log = cwd / f"{role}-{self.port}.log"
+        # True: its own process group, which a test can signal as a terminal would.
+        self.start_new_session = False
 
     async def start(self, wait: float = 90.0) -> ServerProcess:
         log = self.log.open("a")
@@ -58,6 +60,7 @@ class ServerProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
             text=True,
+            start_new_session=self.start_new_session,
         )
         deadline = time.monotonic() + wait
         async with aiohttp.ClientSession() as http:

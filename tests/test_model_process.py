@@ -4,10 +4,12 @@ a crash of the model ends one reply, never the engine, and the conversation goes
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 from pathlib import Path
 
+import aiohttp
 import psutil
 import pytest
 
@@ -125,5 +127,56 @@ async def test_the_model_child_never_outlives_the_engine(tmp_path: Path) -> None
         engine.kill()  # SIGKILL: no clean-up code runs in the engine
         _, alive = psutil.wait_procs(workers, timeout=15)
         assert not alive, "the model process outlived its engine"
+    finally:
+        engine.kill()
+
+
+async def test_ctrl_c_to_the_process_group_lets_the_reply_in_progress_finish(
+    tmp_path: Path,
+) -> None:
+    """A terminal's Ctrl-C (and systemd's stop) signal the whole process group, the model's
+    child included. The child leaves the shutdown to the engine, so the reply in progress
+    still gets its grace and completes; nothing is restarted; both processes end."""
+    engine = ServerProcess(
+        "engine",
+        {
+            "TUTORSRV_ENGINE_API_KEY": AUTH["Authorization"][7:],
+            "TUTORSRV_LLM_MAX_TOKENS": "120",
+            "TUTORSRV_LLM_TEMPERATURE": "0",
+            "TUTORSRV_SERVER_SHUTDOWN_GRACE_SECONDS": "30",
+        },
+        tmp_path,
+    )
+    engine.start_new_session = True
+    await engine.start()
+    try:
+        assert engine.proc is not None
+        (worker,) = [
+            c
+            for c in psutil.Process(engine.proc.pid).children()
+            if "llamacpp_worker" in " ".join(c.cmdline())
+        ]
+        async with aiohttp.ClientSession() as http:
+            body = {"tutor_id": "t1", "student_id": "s1"}
+            async with http.post(engine.base + "/v1/sessions", json=body, headers=AUTH) as resp:
+                session = await resp.json()
+            async with http.ws_connect(session["engine_url"]) as ws:
+                assert (await receive_json(ws))["type"] == "session"
+                await ws.send_json({"type": "text", "content": LONG})
+                assert (await receive_json(ws, wait=60))["type"] == "text_stream"
+                os.killpg(engine.proc.pid, signal.SIGINT)
+                seen = []
+                while True:
+                    msg = await ws.receive(timeout=30)
+                    if msg.type != aiohttp.WSMsgType.TEXT:
+                        break
+                    seen.append(json.loads(msg.data))
+        kinds = [m["type"] for m in seen]
+        assert "response_done" in kinds, kinds
+        assert not any(m.get("code") == "generation_failed" for m in seen)
+        assert engine.proc.wait(timeout=30) == 0
+        psutil.wait_procs([worker], timeout=10)
+        assert not worker.is_running()
+        assert "starting a new one" not in engine.output()
     finally:
         engine.kill()

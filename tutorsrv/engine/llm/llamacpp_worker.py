@@ -14,7 +14,8 @@ Protocol: one JSON object per line. The first line from the parent is
 
 Generations run one at a time, in order, on the main thread; a reader thread takes the
 parent's lines, so a cancel reaches a generation in progress. End of input (the engine
-stopped, or died) ends the child at once: it never outlives the engine.
+stopped, or died) ends the child at once: it never outlives the engine. SIGINT and SIGTERM
+are ignored: they are the engine's to handle (use SIGKILL to kill the child by hand).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import faulthandler
 import json
 import os
 import queue
+import signal
 import sys
 import threading
 from dataclasses import asdict
@@ -107,6 +109,10 @@ def _generate(
 def main() -> int:
     # A native crash writes every thread's Python stack to stderr (the engine's log).
     faulthandler.enable(all_threads=True)
+    # Ctrl-C in a terminal and systemd's stop reach the whole process group; the engine
+    # handles them (replies in progress get their grace) and then closes our input.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     channel = Channel(_protocol_stdout())
     stdin = sys.stdin.buffer
     first = stdin.readline()
