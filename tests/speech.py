@@ -54,6 +54,41 @@ def wav_bytes(samples: np.ndarray, rate: int = RATE) -> bytes:
     return buffer.getvalue()
 
 
+class _Unseekable(io.RawIOBase):
+    """A write-only stream: FFmpeg cannot go back and write the total length into the header,
+    as when a recording is streamed."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, chunk: Any) -> int:
+        self.data += chunk
+        return len(chunk)
+
+
+def silent_flac(seconds: float, rate: int, *, declare_length: bool = True) -> bytes:
+    """FLAC of digital silence: a few bytes per 4096 samples, however long it claims to be.
+    ``declare_length=False`` leaves the total length out of the header (unknown)."""
+    import av
+
+    out: Any = io.BytesIO() if declare_length else _Unseekable()
+    with av.open(out, "w", format="flac") as container:
+        stream = container.add_stream("flac", rate=rate, layout="mono")
+        stream.format = "s16"
+        zeros = np.zeros((1, 4096), dtype=np.int16)
+        for pts in range(0, int(seconds * rate), 4096):
+            frame = av.AudioFrame.from_ndarray(zeros, format="s16", layout="mono")
+            frame.sample_rate, frame.pts = rate, pts
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return out.getvalue() if declare_length else bytes(out.data)
+
+
 async def send_pcm(ws: ClientWebSocketResponse, pcm: bytes, frame_bytes: int = FRAME_BYTES) -> None:
     """Real-time-sized frames, sent as fast as the socket takes them (the VAD goes by the
     samples, not the clock)."""

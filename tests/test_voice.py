@@ -22,6 +22,7 @@ from .speech import (
     receive_until,
     send_pcm,
     silence,
+    silent_flac,
     speech_16k,
     utterance_pcm,
     wav_bytes,
@@ -296,6 +297,13 @@ async def test_bad_audio_gets_errors_and_the_socket_stays_open(make_client: Make
     assert undecodable["code"] == "invalid_audio"
     empty = await error_for(lambda: ws.send_json({"type": "audio", "data": ""}))
     assert empty["code"] == "invalid_field"
+    # Decompression bombs: tiny FLACs of silence that would decode to minutes of samples.
+    low_rate = base64.b64encode(silent_flac(600, 100)).decode()
+    refused = await error_for(lambda: ws.send_json({"type": "audio", "data": low_rate}))
+    assert refused["code"] == "invalid_audio" and "100 Hz" in refused["content"]
+    endless = base64.b64encode(silent_flac(1200, 16000, declare_length=False)).decode()
+    too_long = await error_for(lambda: ws.send_json({"type": "audio", "data": endless}))
+    assert too_long["code"] == "utterance_too_long" and "limit is 30 s" in too_long["content"]
     nothing = await error_for(lambda: ws.send_json({"type": "audio_end"}))
     assert nothing["code"] == "no_speech"
 

@@ -26,6 +26,7 @@ from . import protocol
 from .conversation import Conversation, VoiceTurn
 from .speech.asr import Transcriber
 from .speech.pcm import SAMPLE_WIDTH, InvalidAudio, to_float
+from .speech.recording import RecordingTooLong
 from .speech.vad import SAMPLE_RATE, SileroVAD, SpeechStarted, UtteranceDetector, UtteranceEnded
 
 log = logging.getLogger(__name__)
@@ -112,18 +113,11 @@ class VoiceInput:
             return
         try:
             audio = await self.transcriber.decode(raw)
+        except RecordingTooLong as e:
+            await self.send(protocol.error("utterance_too_long", str(e)))
+            return
         except InvalidAudio as e:
             await self.send(protocol.error("invalid_audio", str(e)))
-            return
-        seconds = len(audio) / SAMPLE_RATE
-        if seconds > self.config.max_utterance_seconds:
-            await self.send(
-                protocol.error(
-                    "utterance_too_long",
-                    f"the recording is {seconds:.1f} s; the limit is "
-                    f"{self.config.max_utterance_seconds:g} s",
-                )
-            )
             return
         await self.conversation.interrupt(reason="barge_in")
         self._queue(audio)

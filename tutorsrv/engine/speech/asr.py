@@ -8,7 +8,6 @@ fight over the cores the language model needs too.
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import os
 import time
@@ -19,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ...config import ASRConfig
-from .pcm import InvalidAudio
+from .recording import decode_recording
 from .vad import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
@@ -98,22 +97,10 @@ class Transcriber:
         return " ".join(s.text.strip() for s in segments).strip()
 
     async def decode(self, data: bytes) -> np.ndarray:
-        """A whole recorded utterance in any container/codec FFmpeg knows (WAV, WebM, Ogg,
-        ...) to 16 kHz mono float samples. Decoding is CPU work for a worker thread, but not
-        the transcription one: it need not wait behind other sessions' utterances."""
-        return await asyncio.to_thread(_decode, data)
+        """A whole recorded utterance (see ``recording.py``: bounded by
+        ``asr.max_utterance_seconds`` before and while it decodes). CPU work for a worker
+        thread, but not the transcription one: it need not wait behind other utterances."""
+        return await asyncio.to_thread(decode_recording, data, self.config.max_utterance_seconds)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
-
-
-def _decode(data: bytes) -> np.ndarray:
-    from faster_whisper.audio import decode_audio
-
-    try:
-        audio = decode_audio(io.BytesIO(data), sampling_rate=SAMPLE_RATE)
-    except Exception as e:  # PyAV raises many kinds for undecodable input
-        raise InvalidAudio(f"the audio could not be decoded ({type(e).__name__})") from None
-    if not isinstance(audio, np.ndarray) or audio.size == 0:
-        raise InvalidAudio("the audio contains no samples")
-    return audio.astype(np.float32, copy=False)
