@@ -8,11 +8,14 @@ import random
 import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tutorsrv.web.ingest import (
     Chunk,
     Section,
     UnreadableFile,
+    atx_heading,
     check_pdf,
     chunk,
     decode_text,
@@ -106,6 +109,26 @@ def test_a_hash_line_inside_a_fenced_code_block_is_not_a_markdown_heading() -> N
     sections = extract("stats.md", data)
     assert [s.heading for s in sections] == ["Averages"], sections
     assert "add up the values" in " ".join(sections[0].paragraphs)
+
+
+# The heading pattern ingest.py used to match with (cubic backtracking on lines of spaces).
+OLD_HEADING = re.compile(r"^#{1,6}\s+(.*?)\s*#*\s*$")
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet="# \ta\u00a0x", max_size=24))
+def test_the_heading_parser_reads_lines_as_the_old_pattern_did(line: str) -> None:
+    old = OLD_HEADING.match(line)
+    assert atx_heading(line) == (old.group(1) if old else None)
+
+
+def test_a_heading_line_of_spaces_is_read_at_once() -> None:
+    """The upload that froze the server: '# a' + spaces + 'x'. With the old pattern 2,200
+    spaces took 14.5 s and 10 KB ~25 min (the suite's per-test limit would stop it)."""
+    line = "# a" + " " * 200_000 + "x"
+    assert atx_heading(line) == "a" + " " * 200_000 + "x"
+    sections = extract("notes.md", (line + "\n\nBody text.\n").encode())
+    assert sections[-1].heading.startswith("a ") and sections[-1].paragraphs == ["Body text."]
 
 
 HTML = """<!doctype html>
