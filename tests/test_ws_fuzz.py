@@ -40,8 +40,11 @@ SERVER_TYPES = {
 DOCUMENTED_CLOSES = {1009}
 CLIENT_TYPES = ["text", "interrupt", "ping", "config", "played", "audio", "audio_end"]
 
+# Strings with any code point, lone UTF-16 surrogates included (hypothesis leaves them out by
+# default): json.dumps writes those as \ud800 escapes, which a client can send.
+any_text = st.text(st.characters(exclude_categories=()), max_size=30)
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | any_text,
     lambda inner: (
         st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
     ),
@@ -54,7 +57,7 @@ message_like = st.builds(
     st.dictionaries(
         st.sampled_from(["content", "id", "response_id", "audio_ms", "audio_output", "data"])
         | st.text(max_size=8),
-        json_values | st.text(max_size=MAX_TEXT_CHARS + 20),
+        json_values | st.text(max_size=MAX_TEXT_CHARS + 20) | any_text,
         max_size=3,
     ),
 )

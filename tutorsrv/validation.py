@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable
 from typing import Any
 
 from aiohttp import web
 
+from . import untrusted_json
 from .http_errors import APIError
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -18,11 +18,11 @@ async def json_body(request: web.Request) -> dict[str, Any]:
     if request.content_type != "application/json":
         raise APIError(415, "unsupported_media_type", "send the body as application/json")
     try:
-        body = await request.json()
-    except json.JSONDecodeError:
-        raise APIError(400, "invalid_json", "the request body is not valid JSON") from None
-    except UnicodeDecodeError:
+        body = untrusted_json.loads(await request.text())
+    except (UnicodeDecodeError, LookupError):  # not UTF-8, or an unknown charset
         raise APIError(400, "invalid_json", "the request body is not UTF-8") from None
+    except untrusted_json.UntrustedJSON as e:
+        raise APIError(400, e.code, f"the request body: {e.message}") from None
     if not isinstance(body, dict):
         raise APIError(400, "invalid_json", "the request body must be a JSON object")
     return body

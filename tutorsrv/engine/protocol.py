@@ -6,9 +6,10 @@ well-formed message or a ``ProtocolError`` that already knows its code and wordi
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
+
+from .. import untrusted_json
 
 PROTOCOL_VERSION = 1
 
@@ -46,9 +47,9 @@ class ClientMessage:
 
 def parse_client_message(raw: str, *, max_text_chars: int) -> ClientMessage:
     try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, RecursionError):
-        raise ProtocolError("invalid_json", "the message is not valid JSON") from None
+        data = untrusted_json.loads(raw)
+    except untrusted_json.UntrustedJSON as e:
+        raise ProtocolError(e.code, f"the message: {e.message}") from None
     if not isinstance(data, dict):
         raise ProtocolError("invalid_message", "a message must be a JSON object with a 'type'")
     kind = data.get("type")

@@ -138,6 +138,17 @@ async def _read_upload(request: web.Request, limit: int) -> tuple[str, bytes]:
     while reading (the body is never held beyond the limit)."""
     if not request.content_type.startswith("multipart/"):
         raise APIError(415, "unsupported_media_type", "upload the file as multipart/form-data")
+    try:
+        return await _read_file_part(request, limit)
+    except (ValueError, LookupError, AssertionError) as e:
+        # aiohttp's multipart reader: no or wrong boundary, truncated or malformed parts,
+        # an unknown charset. (AssertionError: its own checks on a part's framing.)
+        raise APIError(
+            400, "invalid_multipart", f"the form data is malformed ({type(e).__name__})"
+        ) from None
+
+
+async def _read_file_part(request: web.Request, limit: int) -> tuple[str, bytes]:
     reader = await request.multipart()
     while True:
         part = await reader.next()
