@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import re
 
 import pytest
@@ -89,11 +90,44 @@ async def test_history_is_trimmed_to_fit_the_context_window() -> None:
         assert "You are a tutor." in prompt  # the system prompt always stays
         assert "What did we just discuss?" in prompt  # and so does the newest turn
         assert re.search(r"(?<!\d)0: Tell me", prompt) is None  # the oldest turn went
+        # ... and no more than needed: keeping one more exchange would not fit.
+        one_more = backend.prompt_tokens(messages[:1] + messages[1 + dropped - 2 :])
+        assert len(one_more) > 512 - 64
 
         stats = GenerationStats()
         pieces = [p async for p in backend.stream(messages, stats)]
         assert pieces and stats.trimmed_messages == dropped
         assert stats.prompt_tokens == len(tokens)
+    finally:
+        await backend.close()
+
+
+def reference_fit(backend: LlamaCppBackend, messages: list) -> tuple[list[int], int]:
+    """The one-turn-at-a-time trimming fit_to_context replaced (quadratic), for comparison."""
+    budget = backend.n_ctx - backend.max_tokens
+    head, turns, dropped = messages[:1], messages[1:], 0
+    while True:
+        tokens = backend.prompt_tokens(head + turns)
+        if len(tokens) <= budget or len(turns) <= 1:
+            break
+        turns, dropped = turns[1:], dropped + 1
+        while len(turns) > 1 and turns[0]["role"] != "user":
+            turns, dropped = turns[1:], dropped + 1
+    return (tokens[-budget:] if len(tokens) > budget else tokens), dropped
+
+
+async def test_trimming_drops_exactly_what_one_at_a_time_trimming_dropped() -> None:
+    backend = LlamaCppBackend(n_ctx=384, max_tokens=64, seed=1)
+    await backend.load()
+    try:
+        rng = random.Random(5)
+        for _ in range(25):
+            messages = [{"role": "system", "content": "You are a tutor."}]
+            for i in range(rng.randint(0, 30)):
+                role = rng.choice(["user", "user", "assistant"])
+                messages.append({"role": role, "content": f"{i} " + "word " * rng.randint(1, 60)})
+            messages.append({"role": "user", "content": "the newest " * rng.randint(1, 200)})
+            assert backend.fit_to_context(messages) == reference_fit(backend, messages)
     finally:
         await backend.close()
 

@@ -147,6 +147,8 @@ def _setup_engine(app: web.Application, config: Config, role: str) -> None:
         max_duration=config.engine.max_session_seconds,
         signer=TokenSigner(config.engine.token_secret or None),
         tombstone_seconds=config.engine.tombstone_seconds,
+        max_history_messages=config.engine.max_history_messages,
+        max_history_chars=config.engine.max_history_chars,
     )
     app[LLM] = create_backend(config.llm)
     app.cleanup_ctx.append(_backplane_ctx)

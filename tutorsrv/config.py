@@ -76,6 +76,11 @@ class EngineConfig:
     max_message_bytes: int = 1024 * 1024
     # Longest student text turn accepted (characters); longer ones get an error, socket stays open.
     max_text_chars: int = 4000
+    # A session's history: the oldest whole exchanges are dropped past either limit (the
+    # model sees at most its context window of it anyway; this bounds memory, the work of
+    # fitting it to the window, and the `session` frame sent on every reconnect).
+    max_history_messages: int = 100
+    max_history_chars: int = 65536
     # How long ended/expired session ids are remembered to answer 4410/4408 instead of 4404.
     tombstone_seconds: float = 3600.0
     # --role engine in a split deployment: the web role's base URL, where finished turns are
@@ -386,6 +391,8 @@ def validate(config: Config) -> None:
     _positive("engine.max_session_seconds", e.max_session_seconds)
     _positive("engine.reaper_interval_seconds", e.reaper_interval_seconds)
     _positive("engine.max_text_chars", e.max_text_chars)
+    _positive("engine.max_history_messages", e.max_history_messages)
+    _positive("engine.max_history_chars", e.max_history_chars)
     _positive("engine.tombstone_seconds", e.tombstone_seconds, allow_zero=True)
     if e.max_message_bytes < 1024:
         raise ConfigError("engine.max_message_bytes: must be at least 1024")

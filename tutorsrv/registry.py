@@ -90,6 +90,32 @@ class Session:
     ever_connected: bool = False
     # The student's switch (`config` message): speak replies when the engine can.
     audio_output: bool = True
+    # History limits (engine.max_history_messages / _chars): what one session can make the
+    # model re-read, and send back on every reconnect, stays bounded.
+    max_history_messages: int = 100
+    max_history_chars: int = 65536
+    # Messages dropped from the front of the history to keep it within those limits.
+    forgotten: int = 0
+
+    def remember(self, message: Message) -> None:
+        """Append to the history; drop the oldest messages while it is over a limit, whole
+        exchanges at a time (it always starts with a student turn), never the newest."""
+        self.history.append(message)
+        chars = sum(len(m.prompt or m.content) for m in self.history)
+        drop = 0
+
+        def over() -> bool:
+            kept = len(self.history) - drop
+            return kept > self.max_history_messages or chars > self.max_history_chars
+
+        while len(self.history) - drop > 1 and (
+            over() or (drop and self.history[drop].role != "user")
+        ):
+            chars -= len(self.history[drop].prompt or self.history[drop].content)
+            drop += 1
+        if drop:
+            del self.history[:drop]
+            self.forgotten += drop
 
     @property
     def status(self) -> str:
@@ -208,10 +234,14 @@ class SessionRegistry:
         max_duration: float,
         signer: TokenSigner,
         tombstone_seconds: float = 3600.0,
+        max_history_messages: int = 100,
+        max_history_chars: int = 65536,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.max_sessions = max_sessions
+        self.max_history_messages = max_history_messages
+        self.max_history_chars = max_history_chars
         self.idle_timeout = idle_timeout
         self.max_duration = max_duration
         self.signer = signer
@@ -267,6 +297,8 @@ class SessionRegistry:
             created_at=wall,
             expires_at=wall + self.max_duration,
             last_activity=self._clock(),
+            max_history_messages=self.max_history_messages,
+            max_history_chars=self.max_history_chars,
         )
         self._sessions[session.id] = session
         token = self.signer.issue(session.id, session.expires_at)

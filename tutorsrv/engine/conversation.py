@@ -148,7 +148,7 @@ class Conversation:
         async with self._lock:
             await self._interrupt("new_turn")
             student = Message("user", content, now_iso())
-            self.session.history.append(student)
+            self.session.remember(student)
             self.registry.touch(self.session)
             response = Response(_new_id(), student, GenerationStats(), time.monotonic())
             response.voice = voice
@@ -383,7 +383,7 @@ class Conversation:
         # An empty interrupted reply is not worth a place in the model's history, but the
         # transcript keeps the turn: the student's words count.
         if content or not interrupted:
-            self.session.history.append(message)
+            self.session.remember(message)
         response.message = message
         if self.record_turn is not None:
             student = response.answering

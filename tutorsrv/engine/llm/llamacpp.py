@@ -179,26 +179,42 @@ class LlamaCppBackend:
 
     def fit_to_context(self, messages: list[ChatMessage]) -> tuple[list[int], int]:
         """Tokens of the prompt, dropping the oldest turns (never the system prompt, never the
-        newest message) until it leaves room for a full reply. Returns (tokens, dropped)."""
+        newest message) until it leaves room for a full reply. Returns (tokens, dropped).
+
+        Whole exchanges go, so the history still starts with a student turn. The number to
+        drop is found by binary search over those starting points (fewer turns, fewer
+        tokens): O(log n) renderings of the prompt, where dropping one at a time re-rendered
+        and re-tokenised it once per dropped turn (quadratic in a long history, on the
+        model's only thread)."""
         budget = self.n_ctx - self.max_tokens
         head = messages[:1] if messages and messages[0]["role"] == "system" else []
         turns = messages[len(head) :]
-        dropped = 0
-        while True:
-            tokens = self.prompt_tokens(head + turns)
-            if len(tokens) <= budget or len(turns) <= 1:
-                break
-            # Drop whole exchanges so the history still starts with a student turn.
-            turns = turns[1:]
-            dropped += 1
-            while len(turns) > 1 and turns[0]["role"] != "user":
-                turns = turns[1:]
-                dropped += 1
+        starts = [0] + [
+            i for i in range(1, len(turns)) if turns[i]["role"] == "user" or i == len(turns) - 1
+        ]
+        cache: dict[int, list[int]] = {}
+
+        def tokens_from(start: int) -> list[int]:
+            if start not in cache:
+                cache[start] = self.prompt_tokens(head + turns[start:])
+            return cache[start]
+
+        lo, hi = 0, len(starts) - 1  # the answer is the first start whose prompt fits
+        if len(tokens_from(starts[lo])) <= budget:
+            hi = lo
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if len(tokens_from(starts[mid])) <= budget:
+                hi = mid
+            else:
+                lo = mid + 1
+        start = starts[hi] if starts else 0
+        tokens = tokens_from(start)
         if len(tokens) > budget:
             # A single message longer than the window: keep its end, which is what the
             # model must answer.
             tokens = tokens[-budget:]
-        return tokens, dropped
+        return tokens, start
 
     async def stream(
         self, messages: list[ChatMessage], stats: GenerationStats
