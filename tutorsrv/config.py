@@ -213,6 +213,13 @@ class KBConfig:
     """Knowledge bases: uploads, chunking, retrieval."""
 
     max_upload_bytes: int = 10 * 1024 * 1024
+    # Uploaded files are parsed in child processes (web/parsing.py): this many at once in the
+    # process (one per organisation), each with this much CPU time (seconds) and memory (MiB)
+    # at most; and at most this many bytes of one organisation's uploads waiting (more: 429).
+    max_parallel_parsing: int = 2
+    parse_cpu_seconds: float = 30.0
+    parse_memory_mb: int = 1024
+    max_pending_upload_bytes: int = 64 * 1024 * 1024
     # Chunks aim at this many characters, and repeat this many of the previous chunk's end.
     chunk_chars: int = 900
     chunk_overlap_chars: int = 150
@@ -425,6 +432,10 @@ def validate(config: Config) -> None:
     _positive("database.pool_max_size", d.pool_max_size)
     k = config.kb
     _positive("kb.max_upload_bytes", k.max_upload_bytes)
+    _positive("kb.max_parallel_parsing", k.max_parallel_parsing)
+    _positive("kb.parse_cpu_seconds", k.parse_cpu_seconds)
+    _positive("kb.parse_memory_mb", k.parse_memory_mb)
+    _positive("kb.max_pending_upload_bytes", k.max_pending_upload_bytes)
     if not 1 <= k.top_k <= 20:
         raise ConfigError("kb.top_k: must be from 1 to 20")
     _positive("kb.search_timeout_seconds", k.search_timeout_seconds)

@@ -22,7 +22,8 @@ import aiohttp
 import asyncpg
 
 from ..config import KBConfig
-from .ingest import UnreadableFile, chunk, extract
+from .ingest import UnreadableFile, chunk
+from .parsing import ParseLimits
 
 log = logging.getLogger(__name__)
 
@@ -80,11 +81,13 @@ async def ingest(
     data: bytes,
     config: KBConfig,
     embedder: Embedder | None,
+    parsing: ParseLimits,
+    tenant: str,
 ) -> None:
     """Extract, chunk, (embed,) and store one document; its status says how it went. The old
     chunks of a replaced document stay searchable until the new ones replace them at once."""
     try:
-        sections = await asyncio.to_thread(extract, filename, data)
+        sections = await parsing.extract(tenant, filename, data)
         chunks = await asyncio.to_thread(
             chunk, sections, config.chunk_chars, config.chunk_overlap_chars
         )
@@ -244,20 +247,32 @@ class Ingestor:
         self._db = db
         self.config = config
         self.embedder = embedder
+        self.parsing = ParseLimits(config)
         self._tasks: dict[uuid.UUID, asyncio.Task[None]] = {}
 
-    def start(self, document_id: uuid.UUID, filename: str, data: bytes) -> None:
+    def start(self, document_id: uuid.UUID, filename: str, data: bytes, tenant: str) -> None:
         """Ingest in the background; a newer upload of the same document replaces an older
-        one still in progress."""
+        one still in progress. The caller has reserved a place for ``tenant``
+        (``parsing.reserve``); it is given back when this ingestion ends, however it ends."""
         previous = self._tasks.pop(document_id, None)
         if previous is not None:
             previous.cancel()
         task = asyncio.get_running_loop().create_task(
-            ingest(self._db(), document_id, filename, data, self.config, self.embedder),
+            ingest(
+                self._db(),
+                document_id,
+                filename,
+                data,
+                self.config,
+                self.embedder,
+                self.parsing,
+                tenant,
+            ),
             name=f"ingest-{document_id}",
         )
         self._tasks[document_id] = task
         task.add_done_callback(lambda t: self._forget(document_id, t))
+        task.add_done_callback(lambda _: self.parsing.release(tenant, len(data)))
 
     def _forget(self, document_id: uuid.UUID, task: asyncio.Task[None]) -> None:
         if self._tasks.get(document_id) is task:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import uuid
 from typing import Any
@@ -13,7 +12,8 @@ from aiohttp import BodyPartReader, web
 from ... import validation as v
 from ...appkeys import CONFIG, DB, INGESTOR
 from ...http_errors import APIError
-from ..ingest import FILE_TYPES, UnreadableFile, check_pdf, decode_text, file_type
+from ..ingest import FILE_TYPES, UnreadableFile, decode_text, file_type
+from ..parsing import ParseLimits, ParsingBusy
 from ..security import require_admin
 from .common import path_id, row_json
 
@@ -185,32 +185,57 @@ async def upload_document(request: web.Request) -> web.Response:
         )
     if not data.strip():
         raise APIError(422, "empty_file", "the file is empty", field="file")
+    ingestor = request.app[INGESTOR]
+    try:
+        ingestor.parsing.reserve(who.tenant_id, len(data))
+    except ParsingBusy:
+        raise APIError(
+            429,
+            "too_many_uploads",
+            "this organisation's earlier uploads are still being read (kb.max_pending_upload_"
+            "bytes); upload more when they are ready",
+            headers={"Retry-After": "10"},
+        ) from None
+    try:
+        await _check_readable(ingestor.parsing, who.tenant_id, kind, data)
+        row = await _store_document(db, kb["id"], who.tenant_id, filename, kind, data)
+    except BaseException:
+        ingestor.parsing.release(who.tenant_id, len(data))
+        raise
+    ingestor.start(row["id"], filename, data, who.tenant_id)
+    # 202: accepted; GET the document to follow status and progress.
+    return web.json_response(row_json(row), status=202)
+
+
+async def _check_readable(parsing: ParseLimits, tenant: str, kind: str, data: bytes) -> None:
+    """Refuse at once what cannot be read: a PDF that will not open (in a limited child
+    process, like all parsing of uploads), binary or undecodable text (cheap, linear)."""
     try:
         if kind == "application/pdf":
-            await asyncio.to_thread(check_pdf, data)
+            await parsing.check_pdf(tenant, data)
         else:
-            # Cheap and complete for text formats: refuse binary or undecodable files now.
             decode_text(data)
     except UnreadableFile as e:
         raise APIError(422, "unreadable_file", str(e), field="file") from None
 
-    row = await db.fetchrow(
+
+async def _store_document(
+    db: asyncpg.Pool, kb_id: Any, tenant_id: str, filename: str, kind: str, data: bytes
+) -> asyncpg.Record:
+    return await db.fetchrow(
         "INSERT INTO documents (kb_id, admin_id, filename, content_type, size_bytes, sha256)"
         " VALUES ($1, $2, $3, $4, $5, $6)"
         " ON CONFLICT (kb_id, filename) DO UPDATE SET content_type = EXCLUDED.content_type,"
         "   size_bytes = EXCLUDED.size_bytes, sha256 = EXCLUDED.sha256, status = 'processing',"
         "   error = NULL, progress = 0, updated_at = now()"
         f" RETURNING {DOC_COLUMNS}, (xmax <> 0) AS replaced",
-        kb["id"],
-        who.tenant_id,
+        kb_id,
+        tenant_id,
         filename,
         kind,
         len(data),
         hashlib.sha256(data).hexdigest(),
     )
-    request.app[INGESTOR].start(row["id"], filename, data)
-    # 202: accepted; GET the document to follow status and progress.
-    return web.json_response(row_json(row), status=202)
 
 
 async def list_documents(request: web.Request) -> web.Response:
