@@ -189,6 +189,29 @@ async def test_admin_login_limited_per_account_and_per_ip(
     assert (await login(admin["email"], PASSWORD, "198.51.100.50")).status == 200
 
 
+async def test_registrations_limited_per_address_per_hour(
+    make_client: MakeClient, clock: FakeClock
+) -> None:
+    """200 parallel registrations from one address once all succeeded (each an organisation,
+    each a password hash). Now an address has a budget per hour, counted before hashing."""
+    client = await make_client("all", server={"registration_rate_per_ip_per_hour": 3})
+
+    def register(n: int, address: str) -> Any:
+        body = {"email": f"org{n}@school.example", "password": PASSWORD, "name": "x"}
+        return client.post("/api/auth/register", json=body, headers=ip(address))
+
+    for n in range(3):
+        assert (await register(n, "198.51.100.7")).status == 201
+    resp = await register(3, "198.51.100.7")
+    body = await error_of(resp, 429, "rate_limited")
+    assert "registrations" in body["message"] and resp.headers["Retry-After"] == "1200"
+    # Another address is not affected; the first gets one more after 20 minutes.
+    assert (await register(4, "198.51.100.8")).status == 201
+    clock.advance(1200)
+    assert (await register(5, "198.51.100.7")).status == 201
+    assert (await register(6, "198.51.100.7")).status == 429
+
+
 async def test_student_login_limited_and_forwarded_ignored_when_untrusted(
     make_client: MakeClient, clock: FakeClock
 ) -> None:

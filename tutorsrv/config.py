@@ -52,6 +52,8 @@ class ServerConfig:
     login_rate_per_ip_per_minute: int = 300
     session_rate_per_minute: int = 30
     session_rate_per_ip_per_minute: int = 600
+    # Admin registrations (each a new organisation) per client address per hour; 0: off.
+    registration_rate_per_ip_per_hour: int = 20
     # WebSocket client messages per second (burst of twice this); beyond: a rate_limited error.
     ws_messages_per_second: int = 20
 
@@ -385,6 +387,11 @@ def validate(config: Config) -> None:
     )
     _positive(
         "server.session_rate_per_ip_per_minute", s.session_rate_per_ip_per_minute, allow_zero=True
+    )
+    _positive(
+        "server.registration_rate_per_ip_per_hour",
+        s.registration_rate_per_ip_per_hour,
+        allow_zero=True,
     )
     _positive("server.ws_messages_per_second", s.ws_messages_per_second, allow_zero=True)
     for origin in s.allowed_origins:

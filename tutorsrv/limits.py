@@ -75,12 +75,19 @@ class TokenBucket:
 
 
 class RateLimiter:
-    """Token buckets by key: ``per_minute`` attempts per minute each (that many at once)."""
+    """Token buckets by key: ``per_minute`` attempts per minute each (that many at once).
+    ``period`` changes the minute: RateLimiter(20, period=3600) is 20 an hour."""
 
     def __init__(
-        self, per_minute: int, *, max_keys: int = 100_000, clock: Clock | None = None
+        self,
+        per_minute: int,
+        *,
+        period: float = 60.0,
+        max_keys: int = 100_000,
+        clock: Clock | None = None,
     ) -> None:
         self.per_minute = per_minute
+        self.period = period
         self.max_keys = max_keys
         self._clock = clock or _now
         # Least recently used first.
@@ -111,7 +118,7 @@ class RateLimiter:
     def _bucket(self, key: str) -> TokenBucket:
         bucket = self._buckets.get(key)
         if bucket is None:
-            bucket = TokenBucket(self.per_minute / 60.0, self.per_minute, self._clock)
+            bucket = TokenBucket(self.per_minute / self.period, self.per_minute, self._clock)
             self._buckets[key] = bucket
             while len(self._buckets) > self.max_keys:
                 self._buckets.popitem(last=False)
@@ -120,11 +127,11 @@ class RateLimiter:
         return bucket
 
     def _sweep(self, now: float) -> None:
-        """Drop refilled buckets, once per refill period (a minute): an empty bucket is full
-        again a minute later. Between sweeps, ``max_keys`` caps the count (oldest go)."""
+        """Drop refilled buckets, once per refill period: an empty bucket is full again one
+        period later. Between sweeps, ``max_keys`` caps the count (oldest go)."""
         if now < self._next_sweep:
             return
-        self._next_sweep = now + 60.0
+        self._next_sweep = now + self.period
         for key in [k for k, bucket in self._buckets.items() if bucket.full(now)]:
             del self._buckets[key]
 
@@ -178,6 +185,7 @@ class Limits:
     login_ip: RateLimiter
     sessions: RateLimiter
     sessions_ip: RateLimiter
+    registrations_ip: RateLimiter
     trust_forwarded: bool
 
     @classmethod
@@ -190,6 +198,8 @@ class Limits:
             login_ip=RateLimiter(server.login_rate_per_ip_per_minute),
             sessions=RateLimiter(server.session_rate_per_minute),
             sessions_ip=RateLimiter(server.session_rate_per_ip_per_minute),
+            # Registration creates an organisation and costs a password hash: per hour.
+            registrations_ip=RateLimiter(server.registration_rate_per_ip_per_hour, period=3600),
             trust_forwarded=config.engine.trust_forwarded_headers,
         )
 
@@ -226,6 +236,14 @@ def limit_login(request: web.Request, email: str | None) -> None:
         waited = limits.login.hit("account:" + email.lower())
     if waited:
         raise _refuse(waited, "login attempts")
+
+
+def limit_registration(request: web.Request) -> None:
+    """Count a registration by client IP; 429 beyond. Called before the password is hashed."""
+    limits = request.config_dict[LIMITS]
+    waited = limits.registrations_ip.hit("ip:" + client_ip(request, limits.trust_forwarded))
+    if waited:
+        raise _refuse(waited, "registrations from this address")
 
 
 def limit_session_start(request: web.Request, account: str) -> None:

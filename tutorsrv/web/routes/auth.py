@@ -8,7 +8,7 @@ from aiohttp import web
 from ... import validation as v
 from ...appkeys import CONFIG, DB
 from ...http_errors import APIError
-from ...limits import limit_login
+from ...limits import limit_login, limit_registration
 from ..security import ACCOUNT_TOKENS, Principal, hash_password, principal, verify_password
 
 INVALID_LOGIN = "the email or password is wrong"
@@ -36,6 +36,7 @@ async def register(request: web.Request) -> web.Response:
     email = v.email(body)
     password = v.password(body)
     name = v.text(body, "name", max_len=200) or ""
+    limit_registration(request)
     password_hash = await hash_password(password)  # type: ignore[arg-type]
     try:
         row = await request.app[DB].fetchrow(
