@@ -62,6 +62,7 @@ from .engine.websocket import drain, session_socket
 from .health import health
 from .http_errors import json_errors
 from .knowledge import HttpKnowledgeSearch, KnowledgeSearch
+from .logs import AcceptErrorThrottle
 from .registry import SessionRegistry, TokenSigner, now_iso
 from .web import proxy
 from .web.db import database_errors, open_database
@@ -109,6 +110,7 @@ def create_app(config: Config, role: str) -> web.Application:
         speech_in=config.asr.enabled,
         speech_out=config.tts.enabled,
     )
+    app.on_startup.append(_throttle_accept_errors)
     if role == "all":
         app.cleanup_ctx.append(_key_file_ctx)
     if runs_web:
@@ -195,6 +197,10 @@ async def _key_file_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         path.unlink(missing_ok=True)
+
+
+async def _throttle_accept_errors(app: web.Application) -> None:
+    asyncio.get_running_loop().set_exception_handler(AcceptErrorThrottle())
 
 
 async def _llm_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import faulthandler
 import logging
+import resource
 import socket
 import sys
 from collections.abc import Sequence
@@ -68,6 +69,20 @@ def migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _raise_open_file_limit() -> None:
+    """Every connection, WebSocket and child pipe is a file; the common default soft limit of
+    1,024 is reached by a few hundred idle clients. Take what the system allows this process
+    (the hard limit, e.g. systemd's LimitNOFILE)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError):
+            return
+    log.info("open-file limit: %d", resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+
+
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -95,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
     # A crash in native code (a model kernel, a driver) writes every thread's stack to the
     # log before the process goes, instead of vanishing without a word.
     faulthandler.enable(all_threads=True)
+    _raise_open_file_limit()
     port = config.server.port or DEFAULT_PORTS[args.role]
     # Bind before anything else starts, so a port in use fails fast and touches nothing. The
     # socket listens only when the server starts serving (after the models and the database
@@ -120,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
                 config.server.shutdown_timeout_seconds, config.server.shutdown_grace_seconds
             ),
             access_log=None,
+            keepalive_timeout=config.server.idle_connection_seconds,
             print=lambda text: log.info(text.strip().replace("\n", " ")),
         )
     except (LLMLoadError, ModelLoadError, DatabaseUnavailable) as e:

@@ -39,6 +39,9 @@ class ServerConfig:
     state_dir: str = ".tutorsrv"
     # Seconds that open connections get to finish when the server stops.
     shutdown_timeout_seconds: float = 10.0
+    # An HTTP connection with no request in progress (new, or kept alive after an answer) is
+    # closed after this many seconds, so idle connections cannot use up the process's files.
+    idle_connection_seconds: float = 15.0
     # On SIGTERM/SIGINT: seconds that replies in progress get to finish before their sockets
     # are closed (1001). New sessions and turns are refused meanwhile.
     shutdown_grace_seconds: float = 5.0
@@ -380,6 +383,7 @@ def validate(config: Config) -> None:
         raise ConfigError(f"server.log_level: {s.log_level!r} is not debug, info, warning or error")
     _positive("server.shutdown_timeout_seconds", s.shutdown_timeout_seconds, allow_zero=True)
     _positive("server.shutdown_grace_seconds", s.shutdown_grace_seconds, allow_zero=True)
+    _positive("server.idle_connection_seconds", s.idle_connection_seconds)
     _positive("server.login_rate_per_minute", s.login_rate_per_minute, allow_zero=True)
     _positive("server.session_rate_per_minute", s.session_rate_per_minute, allow_zero=True)
     _positive(
