@@ -48,6 +48,9 @@ async def test_sessions_follow_engine_capacity_and_health(
                 "TUTORSRV_ENGINE_API_KEY": API_KEY,
                 "TUTORSRV_ENGINE_BACKPLANE_URL": web.base,
                 "TUTORSRV_ENGINE_MAX_SESSIONS": str(MAX_SESSIONS),
+                # One student fills the engines here: this test is about placement, not
+                # about the per-student share (tests/test_session_quota.py).
+                "TUTORSRV_ENGINE_MAX_SESSIONS_PER_STUDENT": "0",
                 "TUTORSRV_LLM_BACKEND": "scripted",
             }
         )

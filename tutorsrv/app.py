@@ -151,6 +151,8 @@ def _setup_engine(app: web.Application, config: Config, role: str) -> None:
         tombstone_seconds=config.engine.tombstone_seconds,
         max_history_messages=config.engine.max_history_messages,
         max_history_chars=config.engine.max_history_chars,
+        max_sessions_per_student=config.engine.max_sessions_per_student,
+        connect_deadline=config.engine.connect_deadline_seconds,
     )
     app[LLM] = create_backend(config.llm)
     app.cleanup_ctx.append(_backplane_ctx)

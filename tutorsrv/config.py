@@ -86,6 +86,13 @@ class EngineConfig:
     # fitting it to the window, and the `session` frame sent on every reconnect).
     max_history_messages: int = 100
     max_history_chars: int = 65536
+    # Sessions one student (of one organisation, as the web role says) may hold on this
+    # engine; a new one past it replaces their oldest unconnected one, or is refused (429)
+    # when all are connected. 0: no limit.
+    max_sessions_per_student: int = 3
+    # A session nobody has connected to this many seconds after it was created is ended.
+    # 0: only the idle timeout applies.
+    connect_deadline_seconds: float = 120.0
     # How long ended/expired session ids are remembered to answer 4410/4408 instead of 4404.
     tombstone_seconds: float = 3600.0
     # --role engine in a split deployment: the web role's base URL, where finished turns are
@@ -411,6 +418,8 @@ def validate(config: Config) -> None:
     _positive("engine.max_text_chars", e.max_text_chars)
     _positive("engine.max_history_messages", e.max_history_messages)
     _positive("engine.max_history_chars", e.max_history_chars)
+    _positive("engine.max_sessions_per_student", e.max_sessions_per_student, allow_zero=True)
+    _positive("engine.connect_deadline_seconds", e.connect_deadline_seconds, allow_zero=True)
     _positive("engine.tombstone_seconds", e.tombstone_seconds, allow_zero=True)
     if e.max_message_bytes < 1024:
         raise ConfigError("engine.max_message_bytes: must be at least 1024")

@@ -86,6 +86,8 @@ class Session:
     expires_at: float  # wall clock: hard end of the session and of its token
     last_activity: float  # monotonic clock
     history: list[Message] = field(default_factory=list)
+    # The organisation, when the web role says (engine API ``tenant_id``): quotas apply then.
+    tenant_id: str | None = None
     socket: LiveSocket | None = None
     ever_connected: bool = False
     # The student's switch (`config` message): speak replies when the engine can.
@@ -162,6 +164,14 @@ class ShuttingDown(CapacityError):
         self.args = ("the engine is shutting down",)
 
 
+class SessionQuota(Exception):
+    """This student already has ``engine.max_sessions_per_student`` connected sessions."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"this student already has {limit} connected sessions")
+        self.limit = limit
+
+
 class TokenError(Exception):
     """A session token was refused. ``code`` is the WebSocket close code to answer with."""
 
@@ -236,12 +246,18 @@ class SessionRegistry:
         tombstone_seconds: float = 3600.0,
         max_history_messages: int = 100,
         max_history_chars: int = 65536,
+        max_sessions_per_student: int = 0,
+        connect_deadline: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.max_sessions = max_sessions
         self.max_history_messages = max_history_messages
         self.max_history_chars = max_history_chars
+        # 0: off. Sessions of one (tenant, student) at once; a session never connected within
+        # connect_deadline seconds is ended (it held a slot nobody used).
+        self.max_sessions_per_student = max_sessions_per_student
+        self.connect_deadline = connect_deadline
         self.idle_timeout = idle_timeout
         self.max_duration = max_duration
         self.signer = signer
@@ -258,7 +274,7 @@ class SessionRegistry:
         self.on_end: Callable[[str, EndReason], None] | None = None
         # Running totals, read by /metrics: sessions created, creations refused by reason.
         self.created = 0
-        self.rejected: dict[str, int] = {"at_capacity": 0, "shutting_down": 0}
+        self.rejected: dict[str, int] = {"at_capacity": 0, "shutting_down": 0, "student_quota": 0}
         # Set by stop_accepting() when shutdown begins: the Retry-After for refused sessions.
         self._shutdown_retry_after: int | None = None
 
@@ -280,10 +296,13 @@ class SessionRegistry:
         student_id: str,
         kb_id: str | None = None,
         tutor: TutorProfile | None = None,
+        tenant_id: str | None = None,
     ) -> tuple[Session, str]:
         if self._shutdown_retry_after is not None:
             self.rejected["shutting_down"] += 1
             raise ShuttingDown(self._shutdown_retry_after)
+        if tenant_id is not None and self.max_sessions_per_student:
+            self._make_room_for(tenant_id, student_id)
         if len(self._sessions) >= self.max_sessions:
             self.rejected["at_capacity"] += 1
             raise CapacityError(self._retry_after())
@@ -299,12 +318,35 @@ class SessionRegistry:
             last_activity=self._clock(),
             max_history_messages=self.max_history_messages,
             max_history_chars=self.max_history_chars,
+            tenant_id=tenant_id,
         )
         self._sessions[session.id] = session
         token = self.signer.issue(session.id, session.expires_at)
         self.created += 1
         log.info("session created", extra={"session_id": session.id, "tutor_id": tutor_id})
         return session, token
+
+    def _make_room_for(self, tenant_id: str, student_id: str) -> None:
+        """At the per-student limit, end that student's oldest session without a socket (a
+        reloaded page leaves one behind); refuse (SessionQuota) when every one is connected.
+        So one account cannot take every slot of the engine, and a reload never fails."""
+        limit = self.max_sessions_per_student
+        mine = [
+            s
+            for s in self._sessions.values()
+            if s.tenant_id == tenant_id and s.student_id == student_id
+        ]
+        while len(mine) >= limit:
+            idle = [s for s in mine if s.socket is None]
+            if not idle:
+                self.rejected["student_quota"] += 1
+                raise SessionQuota(limit)
+            oldest = min(idle, key=lambda s: s.created_at)
+            log.info(
+                "session replaced by a newer one of its student", extra={"session_id": oldest.id}
+            )
+            self.end(oldest.id, "ended")
+            mine.remove(oldest)
 
     def get(self, session_id: str) -> Session | None:
         return self._sessions.get(session_id)
@@ -352,12 +394,16 @@ class SessionRegistry:
         return True
 
     def reap(self) -> list[str]:
-        """End every session idle for longer than the timeout or past its maximum duration."""
+        """End every session idle for longer than the timeout or past its maximum duration,
+        and every one never connected within the connect deadline."""
         now, wall = self._clock(), self._wall()
+        deadline = self.connect_deadline
         expired = [
             s.id
             for s in self._sessions.values()
-            if now - s.last_activity >= self.idle_timeout or wall >= s.expires_at
+            if now - s.last_activity >= self.idle_timeout
+            or wall >= s.expires_at
+            or (deadline and not s.ever_connected and now - s.last_activity >= deadline)
         ]
         for session_id in expired:
             self.end(session_id, "expired")

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from ..appkeys import CONFIG, ENGINE_API_KEY, REGISTRY
 from ..http_errors import APIError, Handler
-from ..registry import CapacityError, ShuttingDown, TutorProfile, iso
+from ..registry import CapacityError, SessionQuota, ShuttingDown, TutorProfile, iso
 from ..validation import json_body
 from .public_url import engine_url, websocket_base
 
@@ -44,13 +44,14 @@ async def require_service_key(request: web.Request, handler: Handler) -> web.Str
 
 async def create_session(request: web.Request) -> web.Response:
     body = await json_body(request)
-    unknown = set(body) - {"tutor_id", "student_id", "kb_id", "tutor"}
+    unknown = set(body) - {"tutor_id", "student_id", "kb_id", "tutor", "tenant_id"}
     if unknown:
         field = sorted(unknown)[0]
         raise APIError(422, "unknown_field", f"unknown field '{field}'", field=field)
     tutor_id = _identifier(body, "tutor_id", required=True)
     student_id = _identifier(body, "student_id", required=True)
     kb_id = _identifier(body, "kb_id", required=False)
+    tenant_id = _identifier(body, "tenant_id", required=False)
     tutor = _tutor_profile(body.get("tutor"))
 
     registry = request.config_dict[REGISTRY]
@@ -59,8 +60,10 @@ async def create_session(request: web.Request) -> web.Response:
     base = websocket_base(request, config.engine.public_url, config.engine.trust_forwarded_headers)
     try:
         session, token = registry.create(
-            tutor_id=tutor_id, student_id=student_id, kb_id=kb_id, tutor=tutor
+            tutor_id=tutor_id, student_id=student_id, kb_id=kb_id, tutor=tutor, tenant_id=tenant_id
         )
+    except SessionQuota as e:
+        raise APIError(429, "too_many_sessions", str(e), headers={"Retry-After": "10"}) from None
     except ShuttingDown as e:
         raise APIError(
             503,

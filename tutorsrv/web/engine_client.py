@@ -22,7 +22,14 @@ from yarl import URL
 
 from ..config import Config
 from ..engine.public_url import engine_url, websocket_base
-from ..registry import CapacityError, SessionRegistry, ShuttingDown, TutorProfile, iso
+from ..registry import (
+    CapacityError,
+    SessionQuota,
+    SessionRegistry,
+    ShuttingDown,
+    TutorProfile,
+    iso,
+)
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +41,10 @@ HEALTHY = "healthy"  # answers its health check and has room
 FULL = "full"  # answers, but holds its maximum of sessions
 UNREACHABLE = "unreachable"  # no answer: refused, reset, timed out
 UNHEALTHY = "unhealthy"  # answers, but reports itself unhealthy or fails requests (5xx, 401)
+
+
+class StudentSessionLimit(Exception):
+    """The student already holds their share of connected sessions (an engine said 429)."""
 
 
 class EngineUnavailable(Exception):
@@ -58,6 +69,7 @@ class EngineClient(Protocol):
         student_id: str,
         kb_id: str | None,
         tutor: TutorProfile,
+        tenant_id: str,
     ) -> EngineSession: ...
 
     async def delete_session(self, engine: str, session_id: str) -> None: ...
@@ -80,14 +92,21 @@ class InProcessEngineClient:
         student_id: str,
         kb_id: str | None,
         tutor: TutorProfile,
+        tenant_id: str,
     ) -> EngineSession:
         engine = self.config.engine
         # The browser called this process, so its request says where the engine is.
         base = websocket_base(request, engine.public_url, engine.trust_forwarded_headers)
         try:
             session, token = self.registry.create(
-                tutor_id=tutor_id, student_id=student_id, kb_id=kb_id, tutor=tutor
+                tutor_id=tutor_id,
+                student_id=student_id,
+                kb_id=kb_id,
+                tutor=tutor,
+                tenant_id=tenant_id,
             )
+        except SessionQuota as e:
+            raise StudentSessionLimit(str(e)) from None
         except ShuttingDown:
             raise EngineUnavailable("the engine is shutting down") from None
         except CapacityError:
@@ -191,10 +210,12 @@ class HttpEngineClient:
         student_id: str,
         kb_id: str | None,
         tutor: TutorProfile,
+        tenant_id: str,
     ) -> EngineSession:
         body = {
             "tutor_id": tutor_id,
             "student_id": student_id,
+            "tenant_id": tenant_id,
             "kb_id": kb_id,
             "tutor": {
                 "name": tutor.name,
@@ -244,6 +265,11 @@ class HttpEngineClient:
                     self._took_one(state)
                     return created, ""
                 problem = f"{_display(url)} answered {resp.status}"
+                if resp.status == 429 and await _error_code(resp) == "too_many_sessions":
+                    # The student's quota on that engine, not a fault of it: say so.
+                    raise StudentSessionLimit(
+                        "this student already has their limit of connected sessions"
+                    )
                 if resp.status == 503 and await _error_code(resp) == "at_capacity":
                     self._failed(state, FULL, None)
                     return None, f"{_display(url)} is full"

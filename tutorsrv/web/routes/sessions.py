@@ -17,7 +17,7 @@ from ...engine.public_url import engine_url
 from ...http_errors import APIError
 from ...limits import limit_session_start
 from ...registry import TutorProfile, is_session_id
-from ..engine_client import EngineUnavailable
+from ..engine_client import EngineUnavailable, StudentSessionLimit
 from ..proxy import proxied_base
 from ..security import Principal, principal
 from ..transcripts import session_messages
@@ -100,7 +100,15 @@ async def create_session(request: web.Request) -> web.Response:
             student_id=str(student_id),
             kb_id=kb_id,
             tutor=profile,
+            tenant_id=str(who.tenant_id),
         )
+    except StudentSessionLimit as e:
+        raise APIError(
+            429,
+            "too_many_sessions",
+            f"{e}: close one (or wait for it to end) before starting another",
+            headers={"Retry-After": "10"},
+        ) from None
     except EngineUnavailable as e:
         raise APIError(
             503,
