@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import re
 
 import numpy as np
@@ -16,6 +17,7 @@ from aiohttp.test_utils import TestClient
 
 from tutorsrv.appkeys import TRANSCRIBER
 from tutorsrv.engine.speech.pcm import resample, to_float
+from tutorsrv.engine.voice_input import MAX_WAITING_UTTERANCES
 
 from .conftest import AUTH, MakeClient, new_session, receive_json, ws_path
 from .speech import (
@@ -361,4 +363,31 @@ async def test_voice_with_the_real_language_model(make_client: MakeClient) -> No
     start, end = heard.index("audio_start"), heard.index("audio_end")
     assert len(heard.audio_between(start, end)) > 22050
     assert heard.events("text")[0]["content"]
+    await ws.close()
+
+
+async def test_recordings_beyond_the_waiting_limit_are_dropped_with_an_error(
+    make_client: MakeClient,
+) -> None:
+    """A flood of recordings (each up to 30 s of audio in memory) queues at most
+    MAX_WAITING_UTTERANCES for transcription; the rest are dropped with `rate_limited`."""
+    client = await voice_client(make_client, tts={"enabled": False})
+    ws, _, _ = await open_socket(client)
+    recording = base64.b64encode(wav_bytes(speech_16k(QUESTION))).decode()
+    sent = 10
+    for _ in range(sent):
+        await ws.send_json({"type": "audio", "data": recording})
+    heard = dropped = 0
+    while heard + dropped < sent:
+        msg = await ws.receive(timeout=60)
+        assert msg.type == WSMsgType.TEXT, msg
+        event = json.loads(msg.data)
+        if event["type"] == "transcription":
+            heard += 1
+        elif event["type"] == "error" and "waiting to be transcribed" in event["content"]:
+            assert event["code"] == "rate_limited" and not event["fatal"]
+            dropped += 1
+    assert dropped >= 1 and heard >= MAX_WAITING_UTTERANCES
+    await ws.send_json({"type": "ping"})
+    await receive_until(ws, "pong")
     await ws.close()

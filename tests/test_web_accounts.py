@@ -10,6 +10,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+import aiohttp
 import jwt
 import pytest
 from aiohttp.test_utils import TestClient
@@ -690,3 +691,51 @@ async def test_student_sees_only_its_own_sessions(make_client: MakeClient) -> No
     ).json()
     assert row["status"] == "ended"
     await shut_down(client)
+
+
+async def test_student_login_costs_the_same_however_many_organisations_enrolled_the_email(
+    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """31 enrolments of one email once meant 31 password hashes per login (and a time that
+    told the count). Now a login checks a fixed number of hashes."""
+    from tutorsrv.web.routes import auth
+
+    checks = []
+    real = auth.verify_password
+
+    async def counted(stored: str | None, password: str) -> bool:
+        checks.append(stored)
+        return await real(stored, password)
+
+    monkeypatch.setattr(auth, "verify_password", counted)
+    client = await make_client("all")
+    email = "shared-student@school.example"
+    admins = [await register_admin(client) for _ in range(5)]
+    for n, admin in enumerate(admins):
+        await create_student(client, admin, email=email, password=f"password number {n}")
+
+    async def login(password: str, organisation: str | None = None) -> aiohttp.ClientResponse:
+        body = {"email": email, "password": password}
+        if organisation:
+            body["organisation_id"] = organisation
+        checks.clear()
+        return await client.post("/api/students/login", json=body)
+
+    one = await create_student(client, admins[0], password="only one enrolment")
+    checks.clear()
+    resp = await client.post(
+        "/api/students/login", json={"email": one["email"], "password": "only one enrolment"}
+    )
+    assert resp.status == 200 and len(checks) == auth.STUDENT_LOGIN_CHECKS
+    # Five enrolments: the same number of checks, whatever the outcome.
+    assert (await login("password number 0")).status == 200
+    assert len(checks) == auth.STUDENT_LOGIN_CHECKS
+    assert (await login("wrong password")).status == 409
+    assert len(checks) == auth.STUDENT_LOGIN_CHECKS
+    # The password of an enrolment past the checked ones: the organisation must be named.
+    past = await login("password number 4")
+    assert past.status == 409 and (await past.json())["error"] == "organisation_required"
+    named = await login("password number 4", organisation=admins[4]["id"])
+    assert named.status == 200 and len(checks) == 1
+    wrong = await login("wrong password", organisation=admins[4]["id"])
+    assert wrong.status == 401 and len(checks) == 1

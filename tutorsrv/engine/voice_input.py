@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 # Seconds of audio a client may send ahead of real time in one burst.
 BURST_SECONDS = 10.0
 
+# Utterances of one connection waiting for transcription; more are dropped with an error.
+MAX_WAITING_UTTERANCES = 3
 INPUT_FORMAT = {"format": "pcm_s16le", "sample_rate": SAMPLE_RATE, "channels": 1}
 
 
@@ -120,7 +122,7 @@ class VoiceInput:
             await self.send(protocol.error("invalid_audio", str(e)))
             return
         await self.conversation.interrupt(reason="barge_in")
-        self._queue(audio)
+        await self._queue(audio)
 
     async def _speech_started(self) -> None:
         self._heard_since_release = True
@@ -136,9 +138,21 @@ class VoiceInput:
                     "what came so far is answered",
                 )
             )
-        self._queue(ended.audio)
+        await self._queue(ended.audio)
 
-    def _queue(self, audio: np.ndarray) -> None:
+    async def _queue(self, audio: np.ndarray) -> None:
+        """Hand an utterance to this connection's transcription task, unless
+        MAX_WAITING_UTTERANCES already wait (each holds up to max_utterance_seconds of audio,
+        and a flood of them once grew memory by 290 MiB in 20 s): then it is dropped."""
+        if self._utterances.qsize() >= MAX_WAITING_UTTERANCES:
+            await self.send(
+                protocol.error(
+                    "rate_limited",
+                    f"{MAX_WAITING_UTTERANCES} utterances are already waiting to be "
+                    "transcribed; this one was dropped",
+                )
+            )
+            return
         self._utterances.put_nowait((audio, time.monotonic()))
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._transcribe_queued(), name="transcription")
