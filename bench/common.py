@@ -96,10 +96,15 @@ class Server:
 
 
 def launch_engine(
-    workdir: Path, port: int, api_key: str, settings: dict[str, str], log_level: str = "warning"
+    workdir: Path,
+    port: int,
+    api_key: str,
+    settings: dict[str, str],
+    log_level: str = "warning",
+    role: str = "engine",
 ) -> Server:
-    """``tutorsrv run --role engine`` on loopback with a clean TUTORSRV_* environment plus
-    ``settings``; its output goes to ``workdir/server.log``."""
+    """``tutorsrv run --role engine`` (or ``role``) on loopback with a clean TUTORSRV_*
+    environment plus ``settings``; its output goes to ``workdir/server.log``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TUTORSRV_")}
     env.update(
         {
@@ -116,8 +121,8 @@ def launch_engine(
     log_path = workdir / "server.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tutorsrv", "run", "--role", "engine"],
-            cwd=ROOT,
+            [sys.executable, "-m", "tutorsrv", "run", "--role", role],
+            cwd=workdir if role != "engine" else ROOT,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=log,

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
@@ -26,6 +28,13 @@ AUDIENCE = "tutorsrv-web"
 Role = Literal["admin", "student"]
 
 _hasher = PasswordHasher()
+# Password hashing has threads of its own, one per core: each hash holds 64 MiB while it
+# runs, so this bounds their memory (a registration flood once took +410 MiB through the
+# shared default pool), and nothing else that runs in threads (recordings, the transcript
+# queue) waits behind a flood of logins, nor logins behind it.
+_argon2_threads = ThreadPoolExecutor(
+    max_workers=max(1, os.cpu_count() or 1), thread_name_prefix="argon2"
+)
 
 
 # Verified against when the account does not exist, so that "no such user" and "wrong
@@ -38,7 +47,7 @@ def _dummy_hash() -> str:
 
 async def hash_password(password: str) -> str:
     # argon2 is deliberately slow; keep it off the event loop.
-    return await asyncio.to_thread(_hasher.hash, password)
+    return await asyncio.get_running_loop().run_in_executor(_argon2_threads, _hasher.hash, password)
 
 
 async def verify_password(stored_hash: str | None, password: str) -> bool:
@@ -50,7 +59,7 @@ async def verify_password(stored_hash: str | None, password: str) -> bool:
         except (VerificationError, InvalidHashError):
             return False
 
-    return await asyncio.to_thread(check)
+    return await asyncio.get_running_loop().run_in_executor(_argon2_threads, check)
 
 
 @dataclass(frozen=True)
