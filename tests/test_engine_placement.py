@@ -21,6 +21,7 @@ from tutorsrv.web.engine_client import (
     EngineState,
     EngineUnavailable,
     HttpEngineClient,
+    StudentSessionLimit,
     placement_order,
 )
 
@@ -86,6 +87,7 @@ class FakeEngine:
         self.health_gate: asyncio.Event | None = None  # set: /health waits for it
         self.health_entered = asyncio.Event()
         self.created: list[str] = []
+        self.bodies: list[dict] = []
         app = web.Application()
         app.router.add_get("/health", self._health)
         app.router.add_post("/v1/sessions", self._create)
@@ -111,6 +113,13 @@ class FakeEngine:
 
     async def _create(self, request: web.Request) -> web.Response:
         assert request.headers["Authorization"] == f"Bearer {API_KEY}"
+        self.bodies.append(await request.json())
+        if self.create_status == 429:
+            return web.json_response(
+                {"error": "too_many_sessions", "message": "this student already has 3"},
+                status=429,
+                headers={"Retry-After": "10"},
+            )
         if self.create_status != 201:
             return web.json_response({"error": "boom", "message": "no"}, status=self.create_status)
         if self.sessions >= self.max_sessions:
@@ -157,6 +166,7 @@ async def create(client: HttpEngineClient) -> EngineSession:
         student_id="2",
         kb_id=None,
         tutor=TutorProfile(),
+        tenant_id="org",
     )
 
 
@@ -239,6 +249,24 @@ async def test_a_full_engine_moves_on_and_all_full_is_unavailable(
         await client.delete_session(b.url, "s0")
         assert by_url(client, b.url).status == HEALTHY
         assert (await create(client)).engine == b.url
+    finally:
+        await client.close()
+
+
+async def test_a_students_quota_on_an_engine_is_theirs_not_the_engines(
+    engines: list[FakeEngine],
+) -> None:
+    a, b = engines
+    a.create_status = 429
+    client = HttpEngineClient([a.url, b.url], API_KEY, 2.0)
+    try:
+        await client.check_all()
+        with pytest.raises(StudentSessionLimit):
+            await create(client)
+        # The organisation goes with the request; the engine stays healthy, and the request
+        # did not go on to another engine to get around the student's share.
+        assert a.bodies[-1]["tenant_id"] == "org"
+        assert by_url(client, a.url).status == HEALTHY and b.bodies == []
     finally:
         await client.close()
 

@@ -140,9 +140,9 @@ async def _read_upload(request: web.Request, limit: int) -> tuple[str, bytes]:
         raise APIError(415, "unsupported_media_type", "upload the file as multipart/form-data")
     try:
         return await _read_file_part(request, limit)
-    except (ValueError, LookupError, AssertionError) as e:
+    except (ValueError, LookupError) as e:
         # aiohttp's multipart reader: no or wrong boundary, truncated or malformed parts,
-        # an unknown charset. (AssertionError: its own checks on a part's framing.)
+        # an unknown charset.
         raise APIError(
             400, "invalid_multipart", f"the form data is malformed ({type(e).__name__})"
         ) from None
@@ -186,8 +186,9 @@ async def upload_document(request: web.Request) -> web.Response:
     if not data.strip():
         raise APIError(422, "empty_file", "the file is empty", field="file")
     ingestor = request.app[INGESTOR]
+    tenant = str(who.tenant_id)
     try:
-        ingestor.parsing.reserve(who.tenant_id, len(data))
+        ingestor.parsing.reserve(tenant, len(data))
     except ParsingBusy:
         raise APIError(
             429,
@@ -197,12 +198,12 @@ async def upload_document(request: web.Request) -> web.Response:
             headers={"Retry-After": "10"},
         ) from None
     try:
-        await _check_readable(ingestor.parsing, who.tenant_id, kind, data)
+        await _check_readable(ingestor.parsing, tenant, kind, data)
         row = await _store_document(db, kb["id"], who.tenant_id, filename, kind, data)
     except BaseException:
-        ingestor.parsing.release(who.tenant_id, len(data))
+        ingestor.parsing.release(tenant, len(data))
         raise
-    ingestor.start(row["id"], filename, data, who.tenant_id)
+    ingestor.start(row["id"], filename, data, tenant)
     # 202: accepted; GET the document to follow status and progress.
     return web.json_response(row_json(row), status=202)
 
@@ -220,7 +221,7 @@ async def _check_readable(parsing: ParseLimits, tenant: str, kind: str, data: by
 
 
 async def _store_document(
-    db: asyncpg.Pool, kb_id: Any, tenant_id: str, filename: str, kind: str, data: bytes
+    db: asyncpg.Pool, kb_id: Any, tenant_id: Any, filename: str, kind: str, data: bytes
 ) -> asyncpg.Record:
     return await db.fetchrow(
         "INSERT INTO documents (kb_id, admin_id, filename, content_type, size_bytes, sha256)"
