@@ -21,7 +21,7 @@ from tutorsrv.web.engine_client import (
     EngineState,
     EngineUnavailable,
     HttpEngineClient,
-    StudentSessionLimit,
+    ShareExceeded,
     placement_order,
 )
 
@@ -261,7 +261,7 @@ async def test_a_students_quota_on_an_engine_is_theirs_not_the_engines(
     client = HttpEngineClient([a.url, b.url], API_KEY, 2.0)
     try:
         await client.check_all()
-        with pytest.raises(StudentSessionLimit):
+        with pytest.raises(ShareExceeded):
             await create(client)
         # The organisation goes with the request; the engine stays healthy, and the request
         # did not go on to another engine to get around the student's share.

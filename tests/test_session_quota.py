@@ -22,6 +22,7 @@ def registry(clock: Clock, **kw: float) -> SessionRegistry:
         clock=clock,
         wall_clock=lambda: clock.now,
         max_sessions_per_student=int(kw.get("per_student", 2)),
+        max_sessions_per_tenant=int(kw.get("per_tenant", 0)),
         connect_deadline=kw.get("deadline", 0.0),
     )
 
@@ -52,6 +53,21 @@ async def test_when_every_session_is_connected_a_new_one_is_refused() -> None:
     with pytest.raises(SessionQuota):
         reg.create(tutor_id="t", student_id="s", tenant_id="org")
     assert reg.rejected["student_quota"] == 1 and len(reg) == 2
+
+
+async def test_an_organisation_share_refuses_without_ending_other_students_sessions() -> None:
+    clock = Clock()
+    reg = registry(clock, per_tenant=3, per_student=1)
+    kept = [reg.create(tutor_id="t", student_id=f"s{n}", tenant_id="org")[0] for n in range(3)]
+    with pytest.raises(SessionQuota, match="this organisation already has 3 sessions"):
+        reg.create(tutor_id="t", student_id="s9", tenant_id="org")
+    assert all(reg.get(s.id) is s for s in kept) and reg.rejected["tenant_quota"] == 1
+    # Other organisations are not held back by it.
+    reg.create(tutor_id="t", student_id="s9", tenant_id="other-org")
+    # A student's new session replacing their own unconnected one fits in the share.
+    again, _ = reg.create(tutor_id="t", student_id="s0", tenant_id="org")
+    assert reg.get(kept[0].id) is None and reg.get(again.id) is again
+    assert len([s for s in reg.list() if s.tenant_id == "org"]) == 3
 
 
 async def test_a_session_nobody_connects_to_is_ended_at_the_deadline() -> None:

@@ -152,6 +152,7 @@ def _setup_engine(app: web.Application, config: Config, role: str) -> None:
         max_history_messages=config.engine.max_history_messages,
         max_history_chars=config.engine.max_history_chars,
         max_sessions_per_student=config.engine.max_sessions_per_student,
+        max_sessions_per_tenant=config.engine.max_sessions_per_tenant,
         connect_deadline=config.engine.connect_deadline_seconds,
     )
     app[LLM] = create_backend(config.llm)

@@ -90,6 +90,9 @@ class EngineConfig:
     # engine; a new one past it replaces their oldest unconnected one, or is refused (429)
     # when all are connected. 0: no limit.
     max_sessions_per_student: int = 3
+    # The same for all sessions of one organisation: on an engine shared by several schools,
+    # set it so that one of them cannot fill max_sessions. 0: no limit.
+    max_sessions_per_tenant: int = 0
     # A session nobody has connected to this many seconds after it was created is ended.
     # 0: only the idle timeout applies.
     connect_deadline_seconds: float = 120.0
@@ -419,6 +422,7 @@ def validate(config: Config) -> None:
     _positive("engine.max_history_messages", e.max_history_messages)
     _positive("engine.max_history_chars", e.max_history_chars)
     _positive("engine.max_sessions_per_student", e.max_sessions_per_student, allow_zero=True)
+    _positive("engine.max_sessions_per_tenant", e.max_sessions_per_tenant, allow_zero=True)
     _positive("engine.connect_deadline_seconds", e.connect_deadline_seconds, allow_zero=True)
     _positive("engine.tombstone_seconds", e.tombstone_seconds, allow_zero=True)
     if e.max_message_bytes < 1024:

@@ -165,10 +165,10 @@ class ShuttingDown(CapacityError):
 
 
 class SessionQuota(Exception):
-    """This student already has ``engine.max_sessions_per_student`` connected sessions."""
+    """A student (or their organisation) already holds its share of connected sessions."""
 
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"this student already has {limit} connected sessions")
+    def __init__(self, limit: int, whose: str, what: str) -> None:
+        super().__init__(f"{whose} already has {limit} {what} on this engine")
         self.limit = limit
 
 
@@ -247,6 +247,7 @@ class SessionRegistry:
         max_history_messages: int = 100,
         max_history_chars: int = 65536,
         max_sessions_per_student: int = 0,
+        max_sessions_per_tenant: int = 0,
         connect_deadline: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
@@ -257,6 +258,7 @@ class SessionRegistry:
         # 0: off. Sessions of one (tenant, student) at once; a session never connected within
         # connect_deadline seconds is ended (it held a slot nobody used).
         self.max_sessions_per_student = max_sessions_per_student
+        self.max_sessions_per_tenant = max_sessions_per_tenant
         self.connect_deadline = connect_deadline
         self.idle_timeout = idle_timeout
         self.max_duration = max_duration
@@ -274,7 +276,12 @@ class SessionRegistry:
         self.on_end: Callable[[str, EndReason], None] | None = None
         # Running totals, read by /metrics: sessions created, creations refused by reason.
         self.created = 0
-        self.rejected: dict[str, int] = {"at_capacity": 0, "shutting_down": 0, "student_quota": 0}
+        self.rejected: dict[str, int] = {
+            "at_capacity": 0,
+            "shutting_down": 0,
+            "student_quota": 0,
+            "tenant_quota": 0,
+        }
         # Set by stop_accepting() when shutdown begins: the Retry-After for refused sessions.
         self._shutdown_retry_after: int | None = None
 
@@ -301,7 +308,7 @@ class SessionRegistry:
         if self._shutdown_retry_after is not None:
             self.rejected["shutting_down"] += 1
             raise ShuttingDown(self._shutdown_retry_after)
-        if tenant_id is not None and self.max_sessions_per_student:
+        if tenant_id is not None:
             self._make_room_for(tenant_id, student_id)
         if len(self._sessions) >= self.max_sessions:
             self.rejected["at_capacity"] += 1
@@ -327,26 +334,28 @@ class SessionRegistry:
         return session, token
 
     def _make_room_for(self, tenant_id: str, student_id: str) -> None:
-        """At the per-student limit, end that student's oldest session without a socket (a
-        reloaded page leaves one behind); refuse (SessionQuota) when every one is connected.
-        So one account cannot take every slot of the engine, and a reload never fails."""
+        """The shares of one organisation's sessions. Per student: at the limit, end their
+        oldest session that has no socket (a reloaded page leaves one behind), refuse
+        (SessionQuota) when every one is connected; so one account cannot take every slot
+        and a reload never fails. Per organisation: refuse at the limit (ending another
+        student's session, maybe one whose page is connecting right now, would be worse)."""
+        ours = [s for s in self._sessions.values() if s.tenant_id == tenant_id]
         limit = self.max_sessions_per_student
-        mine = [
-            s
-            for s in self._sessions.values()
-            if s.tenant_id == tenant_id and s.student_id == student_id
-        ]
-        while len(mine) >= limit:
-            idle = [s for s in mine if s.socket is None]
-            if not idle:
-                self.rejected["student_quota"] += 1
-                raise SessionQuota(limit)
-            oldest = min(idle, key=lambda s: s.created_at)
-            log.info(
-                "session replaced by a newer one of its student", extra={"session_id": oldest.id}
-            )
-            self.end(oldest.id, "ended")
-            mine.remove(oldest)
+        if limit:
+            mine = [s for s in ours if s.student_id == student_id]
+            while len(mine) >= limit:
+                idle = [s for s in mine if s.socket is None]
+                if not idle:
+                    self.rejected["student_quota"] += 1
+                    raise SessionQuota(limit, "this student", "connected sessions")
+                oldest = min(idle, key=lambda s: s.created_at)
+                log.info("session replaced by a newer one", extra={"session_id": oldest.id})
+                self.end(oldest.id, "ended")
+                mine.remove(oldest)
+                ours.remove(oldest)
+        if self.max_sessions_per_tenant and len(ours) >= self.max_sessions_per_tenant:
+            self.rejected["tenant_quota"] += 1
+            raise SessionQuota(self.max_sessions_per_tenant, "this organisation", "sessions")
 
     def get(self, session_id: str) -> Session | None:
         return self._sessions.get(session_id)

@@ -43,8 +43,8 @@ UNREACHABLE = "unreachable"  # no answer: refused, reset, timed out
 UNHEALTHY = "unhealthy"  # answers, but reports itself unhealthy or fails requests (5xx, 401)
 
 
-class StudentSessionLimit(Exception):
-    """The student already holds their share of connected sessions (an engine said 429)."""
+class ShareExceeded(Exception):
+    """The student, or their organisation, holds its share of an engine's sessions (429)."""
 
 
 class EngineUnavailable(Exception):
@@ -106,7 +106,7 @@ class InProcessEngineClient:
                 tenant_id=tenant_id,
             )
         except SessionQuota as e:
-            raise StudentSessionLimit(str(e)) from None
+            raise ShareExceeded(str(e)) from None
         except ShuttingDown:
             raise EngineUnavailable("the engine is shutting down") from None
         except CapacityError:
@@ -267,9 +267,7 @@ class HttpEngineClient:
                 problem = f"{_display(url)} answered {resp.status}"
                 if resp.status == 429 and await _error_code(resp) == "too_many_sessions":
                     # The student's quota on that engine, not a fault of it: say so.
-                    raise StudentSessionLimit(
-                        "this student already has their limit of connected sessions"
-                    )
+                    raise ShareExceeded(await _error_message(resp))
                 if resp.status == 503 and await _error_code(resp) == "at_capacity":
                     self._failed(state, FULL, None)
                     return None, f"{_display(url)} is full"
@@ -402,6 +400,15 @@ async def _error_code(resp: aiohttp.ClientResponse) -> str | None:
     except (ValueError, aiohttp.ContentTypeError):
         return None
     return data.get("error") if isinstance(data, dict) else None
+
+
+async def _error_message(resp: aiohttp.ClientResponse) -> str:
+    try:
+        data = await resp.json()
+    except (ValueError, aiohttp.ContentTypeError):
+        return f"answered {resp.status}"
+    message = data.get("message") if isinstance(data, dict) else None
+    return str(message)[:200] if message else f"answered {resp.status}"
 
 
 def _count(value: Any) -> int | None:

@@ -17,7 +17,7 @@ from ...engine.public_url import engine_url
 from ...http_errors import APIError
 from ...limits import limit_session_start
 from ...registry import TutorProfile, is_session_id
-from ..engine_client import EngineUnavailable, StudentSessionLimit
+from ..engine_client import EngineUnavailable, ShareExceeded
 from ..proxy import proxied_base
 from ..security import Principal, principal
 from ..transcripts import session_messages
@@ -102,7 +102,7 @@ async def create_session(request: web.Request) -> web.Response:
             tutor=profile,
             tenant_id=str(who.tenant_id),
         )
-    except StudentSessionLimit as e:
+    except ShareExceeded as e:
         raise APIError(
             429,
             "too_many_sessions",
