@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import random
 import re
+import threading
 
 import pytest
 from aiohttp.test_utils import TestClient
@@ -181,3 +184,55 @@ async def test_real_model_answers_with_course_material(make_client: MakeClient) 
     second = (await receive_until(ws, "response_done", wait=120))[-1]["metrics"]
     assert second["cached_prompt_tokens"] >= first["prompt_tokens"]
     await ws.close()
+
+
+LONG_PROMPT = [{"role": "user", "content": "Please read this. " + "word " * 1700}]
+
+
+async def test_a_stop_during_a_long_prompt_takes_effect_between_batches() -> None:
+    backend = LlamaCppBackend(n_ctx=2048, max_tokens=16, seed=1)
+    await backend.load()
+    try:
+        stop = threading.Event()
+        real = backend._eval_batch
+        evaluated: list[int] = []
+
+        def first_batch_then_stop(batch: list[int]) -> None:
+            real(batch)
+            evaluated.append(len(batch))
+            stop.set()  # as an interrupt arriving while the prompt is evaluated
+
+        backend._eval_batch = first_batch_then_stop
+        stats = GenerationStats()
+        pieces: list[str] = []
+        await asyncio.to_thread(backend._generate_blocking, LONG_PROMPT, stats, stop, pieces.append)
+        assert stats.prompt_tokens > 1500
+        assert stats.finish_reason == "cancelled" and stats.completion_tokens == 0 and not pieces
+        assert evaluated == [512]  # one batch of the prompt, not all of it
+        # What was evaluated stays: the same prompt again starts after it.
+        backend._eval_batch = real
+        again = GenerationStats()
+        text = "".join([p async for p in backend.stream(LONG_PROMPT, again)])
+        assert again.cached_prompt_tokens >= 511 and text.strip()
+    finally:
+        await backend.close()
+
+
+async def test_a_cancel_reaches_the_model_process_during_a_long_prompt() -> None:
+    from tutorsrv.engine.llm.model_process import LlamaCppProcessBackend
+
+    backend = LlamaCppProcessBackend({"n_ctx": 2048, "max_tokens": 16, "seed": 1}, model="m")
+    await backend.load()
+    try:
+        stream = backend.stream(LONG_PROMPT, GenerationStats())
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.05), contextlib.aclosing(stream):
+                async for _ in stream:
+                    pass
+        # Had the cancel waited for the whole prompt, all of it would be cached now.
+        again = GenerationStats()
+        text = "".join([p async for p in backend.stream(LONG_PROMPT, again)])
+        assert text.strip()
+        assert again.cached_prompt_tokens < again.prompt_tokens - 1, again
+    finally:
+        await backend.close()

@@ -16,8 +16,10 @@ Prompt reuse, two layers:
   with this vocabulary), and saving costs 0.2-0.35 s after every reply. ``bench/
   llm_conversation.py`` measures all three situations.
 
-Known limit: the stop flag is checked between output tokens, so an interrupt that arrives
-during prompt evaluation takes effect when evaluation ends.
+Stopping: the stop flag is checked between output tokens and between the batches
+(``n_batch``, 512 tokens) of prompt evaluation, so an interrupt during a long prompt takes
+effect after the batch in progress, not after the whole prompt (seconds with a larger model).
+What was evaluated stays in the KV cache, and the next prompt that shares it starts from there.
 
 By default this class runs inside a child process (``model_process.py``, ``llm.out_of_process``)
 so that a crash of native code ends one reply, not the engine. CPUs and builds: the Makefile
@@ -90,6 +92,10 @@ def avoid_amx_repack(llama_cpp: Any) -> bool:
     return True
 
 
+class _Stopped(Exception):
+    """Raised between two batches of prompt evaluation when the generation was stopped."""
+
+
 class LlamaCppBackend:
     name = "llamacpp"
     ready = True
@@ -121,6 +127,9 @@ class LlamaCppBackend:
         # What llama.cpp says it was built with (instruction sets, repack), for /health.
         self.system_info = ""
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llamacpp")
+        self._eval_batch: Any = None
+        # The stop flag of the generation in progress (one at a time on this model).
+        self._stop: threading.Event | None = None
         self.active = 0
 
     async def load(self) -> None:
@@ -163,8 +172,22 @@ class LlamaCppBackend:
         )
         if self.prompt_cache_bytes:
             llama.set_cache(llama_cpp.LlamaRAMCache(capacity_bytes=self.prompt_cache_bytes))
+        # Prompt evaluation in batches that a stop can come between (see _eval_until_stopped).
+        self._eval_batch = llama.eval
+        llama.eval = self._eval_until_stopped
         self._llama = llama
         log.info("llama.cpp model loaded: %s (n_ctx=%d)", path.name, self.n_ctx)
+
+    def _eval_until_stopped(self, tokens: Any) -> None:
+        """Llama.eval, one batch at a time, checking the current generation's stop flag in
+        between. Evaluating batch after batch is what Llama.eval itself does; each call
+        appends to the KV cache after the tokens already in it."""
+        size = self._llama.n_batch
+        for start in range(0, len(tokens), size):
+            stop = self._stop
+            if stop is not None and stop.is_set():
+                raise _Stopped
+            self._eval_batch(tokens[start : start + size])
 
     async def close(self) -> None:
         # Waiting for the worker may take as long as one decode step; not on the loop.
@@ -279,6 +302,7 @@ class LlamaCppBackend:
             stop=[self._eos_text] if self._eos_text else [],
             stream=True,
         )
+        self._stop = stop
         try:
             for chunk in chunks:
                 if stop.is_set():
@@ -291,7 +315,10 @@ class LlamaCppBackend:
                     put(text)
                 if choice.get("finish_reason"):
                     stats.finish_reason = choice["finish_reason"]
+        except _Stopped:
+            stats.finish_reason = "cancelled"
         finally:
+            self._stop = None
             chunks.close()
 
     def _reusable_prefix(self, tokens: list[int]) -> int:

@@ -58,13 +58,20 @@ def _protocol_stdout() -> BinaryIO:
 
 
 def _read_commands(
-    stdin: BinaryIO, jobs: queue.Queue[dict[str, Any] | None], cancelled: set[int]
+    stdin: BinaryIO,
+    jobs: queue.Queue[dict[str, Any] | None],
+    cancelled: set[int],
+    running: dict[int, threading.Event],
 ) -> None:
     for raw in stdin:
         try:
             command = json.loads(raw)
             if command.get("op") == "cancel":
-                cancelled.add(int(command["id"]))
+                job_id = int(command["id"])
+                cancelled.add(job_id)
+                stop = running.get(job_id)
+                if stop is not None:  # in progress: stop it now, even mid-prompt
+                    stop.set()
             elif command.get("op") == "generate":
                 jobs.put(command)
         except (ValueError, KeyError, TypeError, AttributeError):
@@ -74,13 +81,19 @@ def _read_commands(
 
 
 def _generate(
-    backend: LlamaCppBackend, command: dict[str, Any], channel: Channel, cancelled: set[int]
+    backend: LlamaCppBackend,
+    command: dict[str, Any],
+    channel: Channel,
+    cancelled: set[int],
+    running: dict[int, threading.Event],
 ) -> None:
     job_id = int(command["id"])
-    if job_id in cancelled:
+    stop = threading.Event()
+    running[job_id] = stop
+    if job_id in cancelled:  # cancelled while it waited
+        running.pop(job_id, None)
         cancelled.discard(job_id)
         return
-    stop = threading.Event()
     stats = GenerationStats()
     started = False
 
@@ -103,6 +116,7 @@ def _generate(
             channel.send({"id": job_id, "event": "start", **asdict(stats)})
         channel.send({"id": job_id, "event": "done", **asdict(stats)})
     finally:
+        running.pop(job_id, None)
         cancelled.discard(job_id)
 
 
@@ -130,14 +144,18 @@ def main() -> int:
     channel.send({"event": "ready", "model": backend.model, "system_info": backend.system_info})
     jobs: queue.Queue[dict[str, Any] | None] = queue.Queue()
     cancelled: set[int] = set()
+    running: dict[int, threading.Event] = {}
     threading.Thread(
-        target=_read_commands, args=(stdin, jobs, cancelled), name="commands", daemon=True
+        target=_read_commands,
+        args=(stdin, jobs, cancelled, running),
+        name="commands",
+        daemon=True,
     ).start()
     while True:
         command = jobs.get()
         if command is None:
             return 0
-        _generate(backend, command, channel, cancelled)
+        _generate(backend, command, channel, cancelled, running)
 
 
 if __name__ == "__main__":
