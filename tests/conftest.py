@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import json
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -25,6 +28,20 @@ AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
 JWT_SECRET = "test-jwt-secret-0123456789abcdefghijklmnop"
+
+
+async def eventually(condition: Callable[[], Any], what: str, limit: float = 10.0) -> Any:
+    """Poll ``condition`` (a function, or a coroutine function) until it returns something
+    true, and return that; fail, never hang, after ``limit`` seconds."""
+    deadline = time.monotonic() + limit
+    while True:
+        result = condition()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return result
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
 
 
 def make_config(**sections: dict[str, Any]) -> Config:

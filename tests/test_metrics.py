@@ -3,11 +3,6 @@ happened, route labels by pattern, and no secret or id anywhere in the body."""
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Callable
-from typing import Any
-
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -18,6 +13,7 @@ from .conftest import (
     AUTH,
     JWT_SECRET,
     MakeClient,
+    eventually,
     new_session,
     receive_json,
     receive_until,
@@ -60,13 +56,6 @@ async def scrape(client: TestClient) -> Scrape:
 
 def delta(before: Scrape, after: Scrape, name: str, **labels: str) -> float:
     return after.get(name, **labels) - before.get(name, **labels)
-
-
-async def eventually(condition: Callable[[], Any], what: str, limit: float = 10.0) -> None:
-    deadline = time.monotonic() + limit
-    while not await condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
 
 
 def requests(route: str, status: int, method: str = "GET") -> dict[str, str]:

@@ -3,7 +3,6 @@ a crash of the model ends one reply, never the engine, and the conversation goes
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -17,21 +16,21 @@ from tutorsrv.appkeys import LLM, REGISTRY
 from tutorsrv.engine.llm.base import GenerationStats, LLMLoadError, LLMUnavailable
 from tutorsrv.engine.llm.model_process import LlamaCppProcessBackend, describe_exit
 
-from .conftest import AUTH, MakeClient, new_session, receive_json, receive_until, ws_path
+from .conftest import (
+    AUTH,
+    MakeClient,
+    eventually,
+    new_session,
+    receive_json,
+    receive_until,
+    ws_path,
+)
 from .processes import ServerProcess
 
 pytestmark = pytest.mark.real_model
 
 REAL = {"backend": "llamacpp", "seed": 7, "max_tokens": 200, "temperature": 0.0}
 LONG = "Count slowly from one to fifty, one number per line."
-
-
-async def wait_for(predicate, seconds: float = 30.0) -> None:  # type: ignore[no-untyped-def]
-    for _ in range(int(seconds / 0.1)):
-        if predicate():
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError("condition not reached")
 
 
 async def test_a_crash_of_the_model_ends_one_reply_and_the_session_goes_on(
@@ -58,7 +57,7 @@ async def test_a_crash_of_the_model_ends_one_reply_and_the_session_goes_on(
     assert messages[-1]["reason"] == "error"
 
     # The engine said so in /health while the new child loaded, and is whole again after.
-    await wait_for(lambda: llm.ready)
+    await eventually(lambda: llm.ready, "the model back", 30)
     health = await (await client.get("/health")).json()
     assert health["status"] == "healthy" and health["llm"]["restarts"] == 1
     assert "SIGSEGV" in health["llm"]["last_failure"]
@@ -89,7 +88,7 @@ async def test_a_dead_child_during_a_turn_is_reported_while_it_restarts() -> Non
             with pytest.raises(LLMUnavailable, match="restarting"):
                 async for _ in backend.stream([{"role": "user", "content": "Hi"}], stats):
                     pass
-        await wait_for(lambda: backend.ready)
+        await eventually(lambda: backend.ready, "the model back", 30)
         hello = [{"role": "user", "content": "Hi"}]
         text = "".join([p async for p in backend.stream(hello, stats)])
         assert text.strip()

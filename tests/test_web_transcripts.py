@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
-from typing import Any
 
 import asyncpg
 from aiohttp.test_utils import TestClient
@@ -13,20 +10,10 @@ from aiohttp.test_utils import TestClient
 from tutorsrv.appkeys import BACKPLANE, DB
 from tutorsrv.backplane import TurnRecord
 
-from .conftest import AUTH, MakeClient, receive_json, receive_until, ws_path
+from .conftest import AUTH, MakeClient, eventually, receive_json, receive_until, ws_path
 from .web_helpers import create_student, create_tutor, register_admin, start_session
 
 SLOW = {"scripted_token_count": 300, "scripted_token_delay_ms": 20.0}
-
-
-async def eventually(check, what: str, limit: float = 15.0) -> Any:
-    deadline = time.monotonic() + limit
-    while True:
-        result = await check()
-        if result:
-            return result
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 async def messages(client: TestClient, admin: dict, session_id: str) -> list[dict]:
@@ -64,7 +51,7 @@ async def test_turns_are_stored_including_an_interrupted_one(make_client: MakeCl
         found = await messages(client, admin, session["session_id"])
         return found if len([m for m in found if m["role"] == "user"]) == 2 else None
 
-    stored = await eventually(three_turns, "the turns to be stored")
+    stored = await eventually(three_turns, "the turns to be stored", limit=15)
     assert stored[0] == {**stored[0], "role": "assistant", "content": "Welcome to maths."}
     assert stored[1]["role"] == "user" and stored[1]["content"] == "first question"
     reply = stored[2]
@@ -183,7 +170,7 @@ async def test_database_outage_loses_no_turn(make_client: MakeClient, postgres_u
         done = await receive_until(ws, "response_done")
         assert "during the outage" in done[-2]["content"]
         backplane = client.server.app[BACKPLANE]
-        await eventually(_async(lambda: backplane.retries > 0), "a failed delivery")
+        await eventually(lambda: backplane.retries > 0, "a failed delivery", limit=15)
     finally:
         await super_conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
         await super_conn.close()
@@ -200,13 +187,6 @@ async def test_database_outage_loses_no_turn(make_client: MakeClient, postgres_u
     stored = await eventually(delivered, "the buffered turn after the outage", limit=60)
     assert [m["role"] for m in stored] == ["assistant", "user", "assistant"]
     await ws.close()
-
-
-def _async(predicate):
-    async def check() -> bool:
-        return predicate()
-
-    return check
 
 
 async def test_sessions_opened_directly_on_the_engine_are_not_persisted(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from typing import Any
@@ -17,6 +16,7 @@ from tutorsrv.registry import TokenSigner
 from .conftest import (
     AUTH,
     MakeClient,
+    eventually,
     expect_close,
     new_session,
     receive_json,
@@ -32,14 +32,6 @@ async def connect(client: TestClient, session: dict[str, Any]):
     hello = await receive_json(ws)
     assert hello["type"] == "session"
     return ws, hello
-
-
-async def eventually(condition, what: str, limit: float = 10.0) -> None:
-    """Poll ``condition`` until true; fail (not hang) after ``limit`` seconds."""
-    deadline = time.monotonic() + limit
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
 
 
 async def test_session_message_then_streamed_reply(client: TestClient) -> None:
