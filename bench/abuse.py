@@ -35,12 +35,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import io
 import os
 import platform
 import secrets
 import socket
 import statistics
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -48,10 +48,22 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-import numpy as np
-import psutil
-from common import Server, cpu_model, fmt, free_port, launch_engine, stop_server, wait_healthy
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import aiohttp  # noqa: E402
+import psutil  # noqa: E402
+from common import (  # noqa: E402
+    Server,
+    cpu_model,
+    fmt,
+    free_port,
+    launch_engine,
+    stop_server,
+    wait_healthy,
+)
+
+from tests.speech import silent_flac  # noqa: E402  (the bomb the voice tests send)
 
 PASSWORD = "correct horse battery"
 
@@ -150,37 +162,6 @@ async def probe(http: aiohttp.ClientSession, victim: Org) -> dict[str, float | N
     return out
 
 
-def silent_flac(seconds: float, rate: int = 16000) -> bytes:
-    import av
-
-    class Unseekable(io.RawIOBase):
-        """Write-only: FFmpeg cannot go back to write the length into the header."""
-
-        def __init__(self) -> None:
-            self.data = bytearray()
-
-        def writable(self) -> bool:
-            return True
-
-        def write(self, chunk: Any) -> int:
-            self.data += chunk
-            return len(chunk)
-
-    out = Unseekable()
-    with av.open(out, "w", format="flac") as container:
-        stream = container.add_stream("flac", rate=rate, layout="mono")
-        stream.format = "s16"
-        zeros = np.zeros((1, 4096), dtype=np.int16)
-        for pts in range(0, int(seconds * rate), 4096):
-            frame = av.AudioFrame.from_ndarray(zeros, format="s16", layout="mono")
-            frame.sample_rate, frame.pts = rate, pts
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
-    return bytes(out.data)
-
-
 Attack = Callable[[aiohttp.ClientSession, Org, Counter[str], asyncio.Event], Awaitable[None]]
 
 
@@ -219,7 +200,7 @@ async def tag_soup(
 async def audio_bomb(
     http: aiohttp.ClientSession, org: Org, answers: Counter[str], stop: asyncio.Event
 ) -> None:
-    bomb = base64.b64encode(silent_flac(1200)).decode()
+    bomb = base64.b64encode(silent_flac(1200, 16000, declare_length=False)).decode()
     status, session = await org.session(http)
     if status != 201:
         answers[f"session {status}"] += 1
