@@ -40,6 +40,7 @@ from common import cpu_model, fmt, percentile
 from tutorsrv.config import LLMConfig
 from tutorsrv.engine.llm import create_backend
 from tutorsrv.engine.llm.base import ChatMessage, GenerationStats
+from tutorsrv.engine.llm.llamacpp import load_without_repack
 
 SYSTEM = (
     "You are Ada, a patient mathematics tutor for students aged 11 to 16. Explain one step at "
@@ -66,21 +67,6 @@ QUESTIONS = [
     "How do I simplify twelve sixteenths?",
 ]
 FOLLOW_UP = "Can you give me one more example?"
-
-
-def no_repack() -> None:
-    """Load models without the extra (repacked) buffer types, as tutorsrv does for a build
-    with AMX kernels; applied in this process and, through the environment, in the child."""
-    import llama_cpp.llama_cpp as native
-
-    defaults = native.llama_model_default_params
-
-    def params() -> Any:
-        p = defaults()
-        p.use_extra_bufts = False
-        return p
-
-    native.llama_model_default_params = params
 
 
 async def timed_turn(llm: Any, messages: list[ChatMessage]) -> tuple[float, float, int, str]:
@@ -163,7 +149,9 @@ def main() -> None:
     if args.no_repack:
         if "process" in args.placements:
             raise SystemExit("--no-repack applies in this process only: --placements thread")
-        no_repack()
+        import llama_cpp.llama_cpp as native
+
+        load_without_repack(native)  # what tutorsrv does for a build with AMX kernels
 
     import llama_cpp
 

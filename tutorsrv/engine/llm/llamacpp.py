@@ -67,15 +67,14 @@ def packaged_model_path() -> Path:
     raise LLMLoadError(f"{filename} is missing from the installed {package} package")
 
 
-def avoid_amx_repack(llama_cpp: Any) -> bool:
-    """If this build of llama.cpp has AMX kernels, load models without the extra (repacked)
-    buffer types, which is where the AMX crash lives. Returns whether it had to."""
-    info = llama_cpp.llama_print_system_info().decode("utf-8", "replace")
-    if "AMX_INT8 = 1" not in info:
-        return False
-    defaults = llama_cpp.llama_cpp.llama_model_default_params
+def load_without_repack(native: Any) -> None:
+    """Make ``Llama()`` load models without the extra (repacked) buffer types
+    (``use_extra_bufts = false``). ``native`` is the ``llama_cpp.llama_cpp`` module: Llama()
+    takes its model parameters from its ``llama_model_default_params`` and has no argument
+    for this one. Applied once; idempotent."""
+    defaults = native.llama_model_default_params
     if getattr(defaults, "tutorsrv_no_repack", False):
-        return True
+        return
 
     def no_repack() -> Any:
         params = defaults()
@@ -83,12 +82,21 @@ def avoid_amx_repack(llama_cpp: Any) -> bool:
         return params
 
     no_repack.tutorsrv_no_repack = True  # type: ignore[attr-defined]
-    # Llama() takes its model parameters from this function and has no argument for it.
-    llama_cpp.llama_cpp.llama_model_default_params = no_repack
-    log.warning(
-        "this llama.cpp build has AMX kernels, which crash on some Intel CPUs "
-        "(llama.cpp#20824): weight repacking is off. `make install` builds without them."
-    )
+    native.llama_model_default_params = no_repack
+
+
+def avoid_amx_repack(llama_cpp: Any) -> bool:
+    """If this build of llama.cpp has AMX kernels, load models without repacking, which is
+    where the AMX crash lives. Returns whether it had to."""
+    info = llama_cpp.llama_print_system_info().decode("utf-8", "replace")
+    if "AMX_INT8 = 1" not in info:
+        return False
+    if not getattr(llama_cpp.llama_cpp.llama_model_default_params, "tutorsrv_no_repack", False):
+        load_without_repack(llama_cpp.llama_cpp)
+        log.warning(
+            "this llama.cpp build has AMX kernels, which crash on some Intel CPUs "
+            "(llama.cpp#20824): weight repacking is off. `make install` builds without them."
+        )
     return True
 
 
