@@ -205,7 +205,7 @@ async def test_a_stop_during_a_long_prompt_takes_effect_between_batches() -> Non
         backend._eval_batch = first_batch_then_stop
         stats = GenerationStats()
         pieces: list[str] = []
-        await asyncio.to_thread(backend._generate_blocking, LONG_PROMPT, stats, stop, pieces.append)
+        await asyncio.to_thread(backend.generate_blocking, LONG_PROMPT, stats, stop, pieces.append)
         assert stats.prompt_tokens > 1500
         assert stats.finish_reason == "cancelled" and stats.completion_tokens == 0 and not pieces
         assert evaluated == [512]  # one batch of the prompt, not all of it

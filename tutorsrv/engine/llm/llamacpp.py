@@ -142,9 +142,11 @@ class LlamaCppBackend:
 
     async def load(self) -> None:
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._load_blocking)
+        await loop.run_in_executor(self._executor, self.load_blocking)
 
-    def _load_blocking(self) -> None:
+    def load_blocking(self) -> None:
+        """Load the model in the calling thread (``load`` runs it on the worker thread; the
+        model's child process calls it directly)."""
         try:
             import llama_cpp
             from llama_cpp.llama_chat_format import Jinja2ChatFormatter
@@ -266,7 +268,7 @@ class LlamaCppBackend:
             if stop.is_set():  # cancelled while waiting for the worker
                 return
             try:
-                self._generate_blocking(messages, stats, stop, put)
+                self.generate_blocking(messages, stats, stop, put)
             except BaseException as e:  # hand every failure to the consumer
                 put(e)
             finally:
@@ -290,13 +292,16 @@ class LlamaCppBackend:
             # the next call starts only after this one has stopped.
             future.add_done_callback(lambda f: f.exception())
 
-    def _generate_blocking(
+    def generate_blocking(
         self,
         messages: list[ChatMessage],
         stats: GenerationStats,
         stop: threading.Event,
         put: Any,
     ) -> None:
+        """One generation in the calling thread: ``put`` gets each piece, ``stop`` ends it
+        (between tokens, or between batches of the prompt). Used by ``stream`` and by the
+        model's child process."""
         llama = self._llama
         tokens, dropped = self.fit_to_context(messages)
         stats.prompt_tokens = len(tokens)

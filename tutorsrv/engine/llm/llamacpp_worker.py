@@ -108,7 +108,7 @@ def _generate(
         channel.send({"id": job_id, "event": "piece", "text": text})
 
     try:
-        backend._generate_blocking(command["messages"], stats, stop, put)
+        backend.generate_blocking(command["messages"], stats, stop, put)
     except Exception as e:
         channel.send({"id": job_id, "event": "failed", "message": f"{type(e).__name__}: {e}"})
     else:
@@ -137,7 +137,7 @@ def main() -> int:
         setup_logging(load.get("log_level") or "INFO")
         options = load["options"]
         backend = LlamaCppBackend(**options)
-        backend._load_blocking()
+        backend.load_blocking()
     except (LLMLoadError, ValueError, KeyError, TypeError) as e:
         channel.send({"event": "load_failed", "message": str(e)})
         return 3
