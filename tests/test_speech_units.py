@@ -76,6 +76,35 @@ def test_speakable_drops_markdown_and_citations() -> None:
     assert speakable("# `code` here") == "code here"
 
 
+def test_speakable_reads_lists_links_and_maths_as_words() -> None:
+    """The Qwen models write lists and LaTeX whatever the prompt says; none of it is read
+    out as symbols."""
+    assert speakable("1. Add the tens.") == "Add the tens."
+    assert speakable("- Water boils at 100 degrees.") == "Water boils at 100 degrees."
+    assert speakable("See [the notes](https://example.org/a) now") == "See the notes now"
+    assert speakable(r"\( 7 \times 8 = 56 \)") == "7 times 8 equals 56"
+    assert speakable(r"\(\frac{3}{4}\) of 12 is 9") == "3 over 4 of 12 is 9"
+    assert speakable("12 ÷ 4 = 3") == "12 divided by 4 equals 3"
+    assert speakable(r"$\sqrt{16}$ is 4") == "the square root of 16 is 4"
+    # Prose keeps its numbers and punctuation.
+    assert speakable("Pi is about 3.14, not 3.") == "Pi is about 3.14, not 3."
+
+
+def test_a_list_number_is_not_a_sentence_of_its_own() -> None:
+    assert split("Steps:\n1. Add the tens. 2. Add the ones.\n") == [
+        "Steps:\n",
+        "1. Add the tens. ",
+        "2. Add the ones.\n",
+    ]
+
+
+def test_speakable_is_linear_on_hostile_replies() -> None:
+    """No pattern backtracks: long runs of the characters they look for stay cheap (a
+    catastrophic pattern would take minutes on these; the test's own time limit fails it)."""
+    for text in ("[" * 20_000, "\\frac{" * 5_000, "1." * 10_000, "[a](" * 5_000, "{" * 20_000):
+        speakable(text)
+
+
 def test_pcm_conversions() -> None:
     samples = np.array([0.0, 0.5, -0.5, 1.0, -1.0], np.float32)
     assert np.allclose(to_float(to_pcm(samples)), samples, atol=1 / 16000)

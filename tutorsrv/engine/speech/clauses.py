@@ -16,8 +16,34 @@ import re
 _SENTENCE_END = re.compile(r"[.!?…]+[\"')\]]*\s")
 _SOFT_END = re.compile(r"[,;:—]\s")
 _NEWLINE = re.compile(r"\n\s*")
-# Markdown and citation markers the model may write; spoken, they are noise.
-_UNSPOKEN = re.compile(r"\[\d+(?:,\s*\d+)*\]|[*_#`>|~]+")
+# A list item's number ("2." at the start of a line) is not a sentence of its own.
+_LIST_NUMBER = re.compile(r"\s*\d{1,3}[.)]")
+
+# Read aloud, the small models' markdown and maths notation is noise (or worse: "asterisk").
+# Every pattern is linear: no nested quantifiers, bounded repetition only.
+_LINK = re.compile(r"\[([^\]\n]{1,200})\]\([^)\s]{1,500}\)")
+_LIST_MARKER = re.compile(r"^\s*(?:[-+*•]|\d{1,3}[.)])\s+", re.MULTILINE)
+_FRACTION = re.compile(r"\\d?frac\s*\{([^{}]{1,40})\}\s*\{([^{}]{1,40})\}")
+_SQRT = re.compile(r"\\sqrt\s*\{([^{}]{1,40})\}")
+_SPOKEN_SYMBOLS = {
+    r"\times": " times ",
+    r"\cdot": " times ",
+    r"\div": " divided by ",
+    r"\pm": " plus or minus ",
+    r"\approx": " is about ",
+    r"\neq": " is not ",
+    r"\leq": " is at most ",
+    r"\geq": " is at least ",
+    "×": " times ",
+    "÷": " divided by ",
+    "≈": " is about ",
+    "≠": " is not ",
+    "≤": " is at most ",
+    "≥": " is at least ",
+    " = ": " equals ",
+}
+_MATH_DELIMITERS = re.compile(r"\\[()\[\]]|\$+|\\(?:text|mathrm|mathbf)\b|[{}]")
+_CITATIONS_AND_MARKUP = re.compile(r"\[\d+(?:,\s*\d+)*\]|[*_#`>|~]+")
 _SPACES = re.compile(r"\s+")
 
 
@@ -70,11 +96,23 @@ def _first_end(pattern: re.Pattern[str], text: str, min_chars: int) -> int | Non
     at least ``min_chars`` characters."""
     for match in pattern.finditer(text):
         clause = text[: match.start() + 1]
+        if pattern is _SENTENCE_END and _LIST_NUMBER.fullmatch(clause):
+            continue
         if clause.strip() and len(clause) >= min_chars:
             return match.end()
     return None
 
 
 def speakable(clause: str) -> str:
-    """The clause as it should be read aloud: no markdown, no [1] citations."""
-    return _SPACES.sub(" ", _UNSPOKEN.sub(" ", clause)).strip()
+    """The clause as it should be read aloud: no markdown (emphasis, headings, list markers,
+    links, code), no [1] citations, and the maths notation the models write (LaTeX, the
+    times and division signs) in words."""
+    text = _LINK.sub(r"\1", clause)
+    text = _LIST_MARKER.sub("", text)
+    text = _FRACTION.sub(r" \1 over \2 ", text)
+    text = _SQRT.sub(r" the square root of \1 ", text)
+    for symbol, words in _SPOKEN_SYMBOLS.items():
+        text = text.replace(symbol, words)
+    text = _MATH_DELIMITERS.sub(" ", text)
+    text = _CITATIONS_AND_MARKUP.sub(" ", text)
+    return _SPACES.sub(" ", text).strip()
