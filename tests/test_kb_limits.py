@@ -9,7 +9,7 @@ import aiohttp
 import psutil
 from aiohttp.test_utils import TestClient
 
-from .conftest import MakeClient
+from .conftest import MakeClient, receive_json, receive_until, ws_path
 from .test_kb_smoke import upload
 from .web_helpers import PASSWORD, register_admin
 
@@ -96,3 +96,66 @@ async def test_one_organisation_cannot_queue_more_than_its_share(make_client: Ma
         await asyncio.sleep(0.05)
     again = await upload(client, admin, kb, "fine.md", b"# Cells\n\nCells are small.\n")
     assert again["status"] == "ready"
+
+
+# --- passages cost prompt tokens: kb.passage_tokens bounds them ----------------------------
+
+
+def words(text: str) -> int:
+    return len(text.split())
+
+
+def passage(n: int, size: int) -> dict:
+    return {"document": f"d{n}.md", "heading": "", "content": " ".join(["w"] * size)}
+
+
+def test_passages_are_kept_in_rank_order_while_they_fit() -> None:
+    from tutorsrv.knowledge import fit_passages
+
+    found = [passage(1, 40), passage(2, 50), passage(3, 10)]
+    assert [p["document"] for p in fit_passages(found, 95, words)] == ["d1.md", "d2.md"]
+    # The third would fit after the second is skipped, but rank order stops at the first
+    # that does not: a worse passage never displaces a better one.
+    assert [p["document"] for p in fit_passages(found, 60, words)] == ["d1.md"]
+    assert fit_passages(found, 1000, words) == found
+
+
+def test_a_first_passage_too_long_alone_is_cut_at_a_word() -> None:
+    from tutorsrv.knowledge import fit_passages
+
+    [cut] = fit_passages([passage(1, 500), passage(2, 5)], 30, words)
+    assert cut["document"] == "d1.md"
+    assert cut["content"].endswith(" …") and words(cut["content"]) == 30  # 29 words + "…"
+
+
+async def test_a_turn_reads_at_most_the_passage_budget(make_client: MakeClient) -> None:
+    """The real model and its tokenizer: with kb.passage_tokens = 60, a turn's prompt grows
+    by no more than that over the same question without course material, however long the
+    matching document."""
+    from .test_kb_smoke import upload
+    from .web_helpers import create_student, create_tutor, start_session
+
+    client = await make_client(
+        "all",
+        llm={"backend": "llamacpp", "max_tokens": 8, "temperature": 0.0},
+        kb={"passage_tokens": 60},
+    )
+    admin = await register_admin(client)
+    kb = await new_kb(client, admin)
+    text = "# Mars\n\n" + "Mars is red because iron oxide dust covers its rocks. " * 60
+    assert (await upload(client, admin, kb, "mars.md", text.encode()))["status"] == "ready"
+    student = await create_student(client, admin)
+    prompts = {}
+    for name, kb_id in (("with", kb), ("without", None)):
+        tutor = await create_tutor(client, admin, kb_id=kb_id, greeting="")
+        session = await start_session(client, admin, tutor, student)
+        ws = await client.ws_connect(ws_path(session))
+        await receive_json(ws)
+        await ws.send_json({"type": "text", "content": "Why is Mars red?"})
+        messages = await receive_until(ws, "response_done", wait=120)
+        prompts[name] = messages[-1]["metrics"]["prompt_tokens"]
+        if kb_id:
+            assert messages[0]["type"] == "sources" and len(messages[0]["sources"]) == 1
+        await ws.close()
+    # 60 passage tokens plus the framing around them ("Course material ...", the [1] label).
+    assert prompts["without"] < prompts["with"] <= prompts["without"] + 60 + 40

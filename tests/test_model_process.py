@@ -62,7 +62,8 @@ async def test_a_crash_of_the_model_ends_one_reply_and_the_session_goes_on(
     assert health["status"] == "healthy" and health["llm"]["restarts"] == 1
     assert "SIGSEGV" in health["llm"]["last_failure"]
     metrics = await (await client.get("/metrics")).text()
-    assert "tutorsrv_llm_restarts_total 1.0" in metrics and "tutorsrv_llm_ready 1.0" in metrics
+    assert 'tutorsrv_llm_restarts_total{model="smollm2-135m"} 1.0' in metrics
+    assert 'tutorsrv_llm_ready{model="smollm2-135m"} 1.0' in metrics
     assert llm.pid not in (None, first_pid) and not psutil.pid_exists(first_pid)
 
     # Same socket, same session: the next question is answered by the new child, and the
@@ -76,7 +77,9 @@ async def test_a_crash_of_the_model_ends_one_reply_and_the_session_goes_on(
 
 
 async def test_a_dead_child_during_a_turn_is_reported_while_it_restarts() -> None:
-    backend = LlamaCppProcessBackend({"max_tokens": 200, "temperature": 0.0}, model="m")
+    backend = LlamaCppProcessBackend(
+        {"model": "smollm2-135m", "max_tokens": 200, "temperature": 0.0}, model="m"
+    )
     await backend.load()
     try:
         stats = GenerationStats()
@@ -101,7 +104,7 @@ async def test_a_dead_child_during_a_turn_is_reported_while_it_restarts() -> Non
 async def test_a_corrupt_model_file_fails_the_load_with_its_reason(tmp_path: Path) -> None:
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(b"GGUF" + b"\x00" * 64)
-    backend = LlamaCppProcessBackend({"model_path": str(bad)}, model="bad.gguf")
+    backend = LlamaCppProcessBackend({"model": str(bad)}, model="bad.gguf")
     with pytest.raises(LLMLoadError, match="could not load GGUF model"):
         await backend.load()
     assert backend.pid is None

@@ -698,10 +698,12 @@ def test_chat_with_the_real_default_model(
         page.get_by_role("link", name="Chat with Ada").click()
         page.get_by_role("button", name="Start session").click()
         expect(page.locator("#conn-state")).to_have_text("connected")
-        send(page, "What is two plus two?")
+        send(page, "What is 7 times 8?")
         seen = watch_stream(page)
         expect(page.locator("#metrics [data-metric=tokens]")).to_be_visible(timeout=120_000)
         reply = last_reply(page).locator(".content").inner_text()
-        assert len(reply.split()) >= 2, reply
+        # The default model is chosen to be right (bench/tutor_quality.py), and a new user
+        # asking in the chat page hears the right answer.
+        assert "56" in reply, reply
         assert len(seen) >= 2, seen
         shot(page, tmp_path, "real-model")

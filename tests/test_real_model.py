@@ -19,6 +19,7 @@ from .conftest import MakeClient, new_session, receive_json, receive_until, ws_p
 
 pytestmark = pytest.mark.real_model
 
+SMOL = "smollm2-135m"
 REAL = {"backend": "llamacpp", "seed": 7, "max_tokens": 48, "temperature": 0.2}
 
 
@@ -76,7 +77,7 @@ async def test_real_model_interrupt_frees_the_model(real_client: TestClient) -> 
 
 
 async def test_history_is_trimmed_to_fit_the_context_window() -> None:
-    backend = LlamaCppBackend(n_ctx=512, max_tokens=64, seed=1, prompt_cache_bytes=0)
+    backend = LlamaCppBackend(SMOL, n_ctx=512, max_tokens=64, seed=1)
     await backend.load()
     try:
         long_turn = "Tell me more about the history of numbers and counting. " * 6
@@ -120,7 +121,7 @@ def reference_fit(backend: LlamaCppBackend, messages: list) -> tuple[list[int], 
 
 
 async def test_trimming_drops_exactly_what_one_at_a_time_trimming_dropped() -> None:
-    backend = LlamaCppBackend(n_ctx=384, max_tokens=64, seed=1)
+    backend = LlamaCppBackend(SMOL, n_ctx=384, max_tokens=64, seed=1)
     await backend.load()
     try:
         rng = random.Random(5)
@@ -190,7 +191,7 @@ LONG_PROMPT = [{"role": "user", "content": "Please read this. " + "word " * 1700
 
 
 async def test_a_stop_during_a_long_prompt_takes_effect_between_batches() -> None:
-    backend = LlamaCppBackend(n_ctx=2048, max_tokens=16, seed=1)
+    backend = LlamaCppBackend(SMOL, n_ctx=2048, max_tokens=16, seed=1)
     await backend.load()
     try:
         stop = threading.Event()
@@ -221,7 +222,9 @@ async def test_a_stop_during_a_long_prompt_takes_effect_between_batches() -> Non
 async def test_a_cancel_reaches_the_model_process_during_a_long_prompt() -> None:
     from tutorsrv.engine.llm.model_process import LlamaCppProcessBackend
 
-    backend = LlamaCppProcessBackend({"n_ctx": 2048, "max_tokens": 16, "seed": 1}, model="m")
+    backend = LlamaCppProcessBackend(
+        {"model": SMOL, "n_ctx": 2048, "max_tokens": 16, "seed": 1}, model="m"
+    )
     await backend.load()
     try:
         stream = backend.stream(LONG_PROMPT, GenerationStats())

@@ -76,7 +76,8 @@ async def _two_tenants(client: TestClient) -> dict[str, Any]:
         greeting="Hello, I am Ada.",
         language="en",
         voice="joe",
-        model="smollm2",
+        model="scripted",  # the one model the scripted backend serves
+        max_reply_tokens=48,
     )
     a_student = await create_student(client, a, name="Sam")
     a_session = await start_session(client, a, a_tutor, a_student)
@@ -350,7 +351,8 @@ TUTOR = {
     "greeting": "Hello!",
     "language": "fr",
     "voice": "joe",
-    "model": "smollm2",
+    "model": "scripted",  # a model the server serves (here, the scripted backend's only one)
+    "max_reply_tokens": 120,
 }
 
 
@@ -388,6 +390,7 @@ async def test_tutor_crud(make_client: MakeClient) -> None:
         "language": "de",
         "voice": "amy",
         "model": None,
+        "max_reply_tokens": None,
     }
     put = await client.put(f"/api/tutors/{tutor['id']}", json=replacement, headers=h)
     assert put.status == 200, await put.text()
@@ -402,11 +405,11 @@ async def test_tutor_crud(make_client: MakeClient) -> None:
     assert patch.status == 200, await patch.text()
     patched = await patch.json()
     assert patched == {**replaced, "subject": "chem", "updated_at": patched["updated_at"]}
-    patch = await client.patch(f"/api/tutors/{tutor['id']}", json={"model": "m2"}, headers=h)
-    assert (await patch.json())["model"] == "m2"
+    patch = await client.patch(f"/api/tutors/{tutor['id']}", json={"model": "scripted"}, headers=h)
+    assert (await patch.json())["model"] == "scripted"
     assert await get_json(client, f"/api/tutors/{tutor['id']}", admin) == {
         **patched,
-        "model": "m2",
+        "model": "scripted",
         "updated_at": (await patch.json())["updated_at"],
     }
 
@@ -444,6 +447,7 @@ async def test_tutor_put_replaces_the_fields_not_sent(make_client: MakeClient) -
     assert replaced["language"] == "en"
     assert replaced["voice"] == ""
     assert replaced["model"] is None
+    assert replaced["max_reply_tokens"] is None
 
 
 # (name, method, body, field or None for a body-level error)

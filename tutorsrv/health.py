@@ -13,6 +13,7 @@ from .appkeys import (
     ENGINE_CLIENT,
     LLM,
     LLM_WARMUP_MS,
+    MODELS,
     REGISTRY,
     ROLE,
     SYNTHESIZER,
@@ -41,6 +42,8 @@ async def health(request: web.Request) -> web.Response:
             "model": llm.model,
             "ready": llm.ready,
             "warmup_ttft_ms": app.get(LLM_WARMUP_MS),
+            # Every model a tutor may name, the default first, and whether each can answer.
+            "models": {name: {"ready": m.ready} for name, m in app[MODELS].items()},
         }
         # llama.cpp: the instruction sets it was built with (docs/deploy.md, CPUs and builds).
         build = getattr(llm, "system_info", "")
@@ -51,8 +54,8 @@ async def health(request: web.Request) -> web.Response:
         if restarts is not None:
             body["llm"]["restarts"] = restarts
             body["llm"]["last_failure"] = llm.last_failure or None  # type: ignore[attr-defined]
-        # No new turn can be answered while the model restarts: placement skips this engine.
-        healthy = healthy and llm.ready
+        # No new turn can be answered while a model restarts: placement skips this engine.
+        healthy = healthy and all(m.ready for m in app[MODELS].values())
         # The app serves only once every enabled model has loaded: present means ready.
         transcriber, synthesizer = app.get(TRANSCRIBER), app.get(SYNTHESIZER)
         body["asr"] = (

@@ -33,7 +33,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .appkeys import BACKPLANE, LLM, REGISTRY
+from .appkeys import BACKPLANE, MODELS, REGISTRY
 from .http_errors import Handler
 
 PREFIX = "tutorsrv_"
@@ -179,20 +179,25 @@ class _ScrapeTimeCollector(Collector):
             for reason, count in sorted(registry.rejected.items()):
                 rejected.add_metric([reason], count)
             yield rejected
-        llm = self._app.get(LLM)
-        if llm is not None:
-            yield GaugeMetricFamily(
+        models = self._app.get(MODELS)
+        if models is not None:
+            ready = GaugeMetricFamily(
                 PREFIX + "llm_ready",
                 "1 when the language model can take a turn, 0 while it restarts",
-                value=1 if llm.ready else 0,
+                labels=["model"],
             )
-            restarts = getattr(llm, "restarts", None)
-            if restarts is not None:
-                yield CounterMetricFamily(
-                    PREFIX + "llm_restarts",
-                    "model processes started again after one died",
-                    value=restarts,
-                )
+            restarts = CounterMetricFamily(
+                PREFIX + "llm_restarts",
+                "model processes started again after one died",
+                labels=["model"],
+            )
+            for name, llm in models.items():
+                ready.add_metric([name], 1 if llm.ready else 0)
+                count = getattr(llm, "restarts", None)
+                if count is not None:
+                    restarts.add_metric([name], count)
+            yield ready
+            yield restarts
         backplane = self._app.get(BACKPLANE)
         if backplane is not None:
             yield GaugeMetricFamily(

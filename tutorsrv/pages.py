@@ -21,6 +21,7 @@ from aiohttp import web
 from . import __version__
 from .appkeys import CONFIG, LLM, REGISTRY, ROLE
 from .config import key_file_path
+from .web.served_models import model_names
 
 # The pages load scripts, styles and the microphone worklet from this origin only, so an
 # injected <script> or inline handler cannot run. connect-src allows any ws:/wss: host because
@@ -58,7 +59,8 @@ async def index(request: web.Request) -> web.Response:
 
 
 async def admin_page(request: web.Request) -> web.Response:
-    return _page(request, "admin.html")
+    # The models a tutor may choose (llm.model, then llm.extra_models).
+    return _page(request, "admin.html", models=model_names(request.app))
 
 
 async def chat_page(request: web.Request) -> web.Response:

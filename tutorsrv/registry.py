@@ -48,6 +48,11 @@ class TutorProfile:
     greeting: str = ""
     voice: str = ""
     language: str = "en"
+    # The served model it talks through (a name from llm.model / llm.extra_models); empty:
+    # the engine's default.
+    model: str = ""
+    # The longest reply, in tokens; 0: the engine's llm.max_tokens.
+    max_reply_tokens: int = 0
 
 
 @dataclass
@@ -272,8 +277,8 @@ class SessionRegistry:
         self._wall = wall_clock
         # Closing a socket waits on the client; these tasks belong to the registry.
         self._closing: set[asyncio.Task[None]] = set()
-        # Told of every end (the web role's record follows it through the Backplane).
-        self.on_end: Callable[[str, EndReason], None] | None = None
+        # Told of every session that ends (transcripts, the models' saved prompt states).
+        self.end_listeners: list[Callable[[str, EndReason], None]] = []
         # Running totals, read by /metrics: sessions created, creations refused by reason.
         self.created = 0
         self.rejected: dict[str, int] = {
@@ -398,8 +403,8 @@ class SessionRegistry:
             self._close_later(session.socket, code, text)
             session.socket = None
         log.info("session %s", reason, extra={"session_id": session_id})
-        if self.on_end is not None:
-            self.on_end(session_id, reason)
+        for listener in self.end_listeners:
+            listener(session_id, reason)
         return True
 
     def reap(self) -> list[str]:

@@ -73,6 +73,20 @@ def text(
     return value
 
 
+def integer(
+    body: dict[str, Any], key: str, *, low: int, high: int, nullable: bool = False
+) -> int | None:
+    """An integer field within [low, high]; None when absent (or null, where ``nullable``)."""
+    if key not in body or (body[key] is None and nullable):
+        return None
+    value = body[key]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise APIError(422, "invalid_field", f"'{key}' must be an integer", field=key)
+    if not low <= value <= high:
+        raise APIError(422, "invalid_field", f"'{key}' must be from {low} to {high}", field=key)
+    return value
+
+
 def email(body: dict[str, Any], key: str = "email", *, required: bool = True) -> str | None:
     value = text(body, key, required=required, max_len=254)
     if value is not None and not _EMAIL.match(value):

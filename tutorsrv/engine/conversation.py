@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..backplane import TurnRecord
-from ..knowledge import KnowledgeSearch
-from ..registry import Message, Session, SessionRegistry, now_iso
+from ..knowledge import KnowledgeSearch, fit_passages
+from ..registry import Message, Session, SessionRegistry, TutorProfile, now_iso
 from . import protocol
 from .llm.base import ChatMessage, GenerationStats, LLMBackend, LLMUnavailable
 from .voice_output import Speaker, SpeechSettings
@@ -68,6 +68,7 @@ class Response:
     message: Message | None = None
     turn: TurnRecord | None = None
     played_ms: float | None = None  # a ``played`` report that came before the recording
+    model: str = ""  # the model that writes it (none for the greeting)
 
     def metrics(self) -> dict[str, Any]:
         finished = time.monotonic()
@@ -83,6 +84,8 @@ class Response:
             "cached_prompt_tokens": self.stats.cached_prompt_tokens,
             "trimmed_messages": self.stats.trimmed_messages,
         }
+        if self.model:
+            measured["model"] = self.model
         if self.speaker is not None:
             first_audio = self.speaker.first_audio_at
             measured["first_audio_ms"] = (
@@ -111,6 +114,7 @@ class Conversation:
         record_turn: Callable[[TurnRecord], None] | None = None,
         knowledge: KnowledgeSearch | None = None,
         top_k: int = 3,
+        passage_tokens: int = 300,
         search_timeout: float = 3.0,
         on_response: Callable[[str, dict[str, Any]], None] | None = None,
         speech: SpeechSettings | None = None,
@@ -123,6 +127,7 @@ class Conversation:
         self.record_turn = record_turn
         self.knowledge = knowledge
         self.top_k = top_k
+        self.passage_tokens = passage_tokens
         self.search_timeout = search_timeout
         # Told once of every finished response: its outcome (done, interrupted, error) and
         # its metrics (/metrics counts them).
@@ -152,6 +157,7 @@ class Conversation:
             self.registry.touch(self.session)
             response = Response(_new_id(), student, GenerationStats(), time.monotonic())
             response.voice = voice
+            response.model = self.llm.model
             self._start(self._answer(response), response)
 
     async def greet(self) -> None:
@@ -242,7 +248,13 @@ class Conversation:
             await self.send(
                 {"type": "sources", "response_id": response.id, "sources": response.sources}
             )
-        async with aclosing(self.llm.stream(self._prompt(passages), response.stats)) as stream:
+        reply = self.llm.stream(
+            self._prompt(passages),
+            response.stats,
+            conversation=self.session.id,
+            max_tokens=self.session.tutor.max_reply_tokens or None,
+        )
+        async with aclosing(reply) as stream:
             async for piece in stream:
                 yield piece
 
@@ -255,7 +267,8 @@ class Conversation:
             return []
         try:
             async with asyncio.timeout(self.search_timeout):
-                return await self.knowledge.search(kb_id, question, self.top_k)
+                found = await self.knowledge.search(kb_id, question, self.top_k)
+            return fit_passages(found, self.passage_tokens, self.llm.count_tokens)
         except Exception as e:  # a turn without passages beats no turn
             log.warning(
                 "knowledge search failed: %s",
@@ -278,8 +291,7 @@ class Conversation:
         """System prompt, then the conversation. Passages go into the newest student turn,
         and that turn keeps them (``Message.prompt``) in later prompts: everything before the
         newest turn stays byte-identical, so the prompt cache covers the whole history."""
-        system = self.session.tutor.system_prompt.strip() or self.default_system_prompt
-        messages: list[ChatMessage] = [{"role": "system", "content": system}]
+        messages = opening(self.session.tutor, self.default_system_prompt)[:1]
         for m in self.session.history:
             if m.content:
                 messages.append({"role": m.role, "content": m.prompt or m.content})
@@ -402,6 +414,16 @@ class Conversation:
         if response.played_ms is not None and response.speaker is not None:
             self._apply_played(response, response.played_ms)
         return message
+
+
+def opening(tutor: TutorProfile, default_system_prompt: str) -> list[ChatMessage]:
+    """How every prompt of a session with this tutor begins: the system prompt, then the
+    greeting as the tutor's first message (``greet`` puts it in the history so)."""
+    system = tutor.system_prompt.strip() or default_system_prompt
+    messages: list[ChatMessage] = [{"role": "system", "content": system}]
+    if tutor.greeting.strip():
+        messages.append({"role": "assistant", "content": tutor.greeting.strip()})
+    return messages
 
 
 async def _stop(task: asyncio.Task[None] | None) -> None:

@@ -8,10 +8,11 @@ from typing import Any
 
 from aiohttp import web
 
-from ..appkeys import CONFIG, ENGINE_API_KEY, REGISTRY
+from ..appkeys import CONFIG, ENGINE_API_KEY, LLM, MODELS, REGISTRY
 from ..http_errors import APIError, Handler
 from ..registry import CapacityError, SessionQuota, ShuttingDown, TutorProfile, iso
 from ..validation import json_body
+from .conversation import opening
 from .public_url import engine_url, websocket_base
 
 MAX_ID_CHARS = 128
@@ -21,6 +22,7 @@ TUTOR_FIELDS: dict[str, int] = {
     "greeting": 2_000,
     "voice": 200,
     "language": 32,
+    "model": 200,
 }
 
 
@@ -53,6 +55,15 @@ async def create_session(request: web.Request) -> web.Response:
     kb_id = _identifier(body, "kb_id", required=False)
     tenant_id = _identifier(body, "tenant_id", required=False)
     tutor = _tutor_profile(body.get("tutor"))
+    models = request.config_dict[MODELS]
+    if tutor.model and tutor.model not in models:
+        raise APIError(
+            422,
+            "unknown_model",
+            f"this engine does not serve the model {tutor.model!r}; it serves: "
+            + ", ".join(models),
+            field="tutor.model",
+        )
 
     registry = request.config_dict[REGISTRY]
     config = request.config_dict[CONFIG]
@@ -78,6 +89,10 @@ async def create_session(request: web.Request) -> web.Response:
             f"this engine holds its maximum of {registry.max_sessions} sessions; retry later",
             headers={"Retry-After": str(e.retry_after)},
         ) from None
+    # Read the system prompt and greeting now, while the student is still connecting: the
+    # first turn then reads only the question (the model does this when it is idle).
+    llm = models.get(tutor.model) or request.config_dict[LLM]
+    llm.prefill(session.id, opening(session.tutor, config.llm.default_system_prompt))
     return web.json_response(
         {
             "session_id": session.id,
@@ -149,6 +164,18 @@ def _tutor_profile(value: Any) -> TutorProfile:
     profile = TutorProfile()
     for key, item in value.items():
         field = f"tutor.{key}"
+        if key == "max_reply_tokens":
+            if item is None:
+                continue
+            if isinstance(item, bool) or not isinstance(item, int) or not 16 <= item <= 4096:
+                raise APIError(
+                    422,
+                    "invalid_field",
+                    f"'{field}' must be an integer from 16 to 4096",
+                    field=field,
+                )
+            profile.max_reply_tokens = item
+            continue
         limit = TUTOR_FIELDS.get(key)
         if limit is None:
             raise APIError(422, "unknown_field", f"unknown field '{field}'", field=field)

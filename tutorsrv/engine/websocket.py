@@ -16,7 +16,17 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from ..appkeys import BACKPLANE, CONFIG, KNOWLEDGE, LLM, REGISTRY, SYNTHESIZER, TRANSCRIBER, VAD
+from ..appkeys import (
+    BACKPLANE,
+    CONFIG,
+    KNOWLEDGE,
+    LLM,
+    MODELS,
+    REGISTRY,
+    SYNTHESIZER,
+    TRANSCRIBER,
+    VAD,
+)
 from ..limits import MessageRate, Verdict
 from ..metrics import ENGINE_METRICS, EngineMetrics
 from ..registry import Session, SessionRegistry, TokenError, iso
@@ -147,12 +157,13 @@ async def session_socket(request: web.Request) -> web.WebSocketResponse:
     conversation = Conversation(
         session,
         registry,
-        request.app[LLM],
+        request.app[MODELS].get(session.tutor.model) or request.app[LLM],
         connection.send,
         default_system_prompt=request.app[CONFIG].llm.default_system_prompt,
         record_turn=backplane.submit if (backplane := request.app.get(BACKPLANE)) else None,
         knowledge=request.app.get(KNOWLEDGE),
         top_k=request.app[CONFIG].kb.top_k,
+        passage_tokens=request.app[CONFIG].kb.passage_tokens,
         search_timeout=request.app[CONFIG].kb.search_timeout_seconds,
         on_response=metrics.response_finished if metrics else None,
         speech=speech,

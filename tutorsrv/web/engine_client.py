@@ -223,6 +223,8 @@ class HttpEngineClient:
                 "greeting": tutor.greeting,
                 "voice": tutor.voice,
                 "language": tutor.language,
+                "model": tutor.model,
+                "max_reply_tokens": tutor.max_reply_tokens or None,
             },
         }
         problems = []

@@ -46,9 +46,37 @@ class LLMBackend(Protocol):
     async def close(self) -> None:
         """Release the model and any worker threads."""
 
-    def stream(self, messages: list[ChatMessage], stats: GenerationStats) -> AsyncIterator[str]:
-        """Stream the assistant's reply to ``messages`` as text pieces."""
+    def stream(
+        self,
+        messages: list[ChatMessage],
+        stats: GenerationStats,
+        *,
+        conversation: str | None = None,
+        max_tokens: int | None = None,
+    ) -> AsyncIterator[str]:
+        """Stream the assistant's reply to ``messages`` as text pieces. ``conversation`` (the
+        session id) lets a backend keep each conversation's prompt state apart;
+        ``max_tokens`` (the tutor's limit) replaces the configured reply length."""
         ...
+
+    def prefill(self, conversation: str, messages: list[ChatMessage]) -> None:
+        """A new conversation opens with ``messages``: read them ahead, when idle, so its
+        first turn is as fast as later ones. Returns at once; a backend may ignore it."""
+
+    def forget(self, conversation: str) -> None:
+        """The conversation has ended: drop whatever is kept for it."""
+
+    def count_tokens(self, text: str) -> int:
+        """How many tokens ``text`` is to this model (exact where the backend has the
+        tokenizer at hand, else ``estimate_tokens``). Cheap enough for the event loop."""
+        ...
+
+
+def estimate_tokens(text: str) -> int:
+    """A tokenizer-free count that errs high: a token per CJK character, one per 3.5 other
+    characters (English runs about 4 characters a token with these vocabularies)."""
+    cjk = sum(1 for c in text if "\u3000" <= c <= "\u9fff" or "\uac00" <= c <= "\ud7af")
+    return cjk + -(-(len(text) - cjk) * 2 // 7)
 
 
 class LLMLoadError(RuntimeError):

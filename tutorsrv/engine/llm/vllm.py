@@ -18,7 +18,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from .base import ChatMessage, GenerationStats, LLMLoadError
+from .base import ChatMessage, GenerationStats, LLMLoadError, estimate_tokens
 
 
 class VLLMBackend:
@@ -79,13 +79,27 @@ class VLLMBackend:
             messages, tokenize=False, add_generation_prompt=True
         )
 
+    def prefill(self, conversation: str, messages: list[ChatMessage]) -> None:
+        """Nothing to read ahead here (vLLM's automatic prefix caching does it by itself)."""
+
+    def forget(self, conversation: str) -> None:
+        pass
+
+    def count_tokens(self, text: str) -> int:
+        return estimate_tokens(text)
+
     async def stream(
-        self, messages: list[ChatMessage], stats: GenerationStats
+        self,
+        messages: list[ChatMessage],
+        stats: GenerationStats,
+        *,
+        conversation: str | None = None,
+        max_tokens: int | None = None,
     ) -> AsyncIterator[str]:
         if self._engine is None:
             raise RuntimeError("the vllm backend is not loaded")
         params = self._sampling(
-            max_tokens=self.max_tokens,
+            max_tokens=max_tokens or self.max_tokens,
             temperature=self.temperature,
             top_p=self.top_p,
             output_kind=self._delta,

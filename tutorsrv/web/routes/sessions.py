@@ -20,6 +20,7 @@ from ...registry import TutorProfile, is_session_id
 from ..engine_client import EngineUnavailable, ShareExceeded
 from ..proxy import proxied_base
 from ..security import Principal, principal
+from ..served_models import served_model
 from ..transcripts import session_messages
 from .common import path_id, row_json
 from .kbs import owned_kb_id
@@ -63,7 +64,8 @@ async def create_session(request: web.Request) -> web.Response:
     kb_id = v.text(body, "kb_id", max_len=64, nullable=True)
 
     tutor = await db.fetchrow(
-        "SELECT id, name, system_prompt, greeting, voice, language, kb_id FROM tutors"
+        "SELECT id, name, system_prompt, greeting, voice, language, model, max_reply_tokens,"
+        " kb_id FROM tutors"
         " WHERE id = $1 AND admin_id = $2",
         tutor_id,
         who.tenant_id,
@@ -92,6 +94,8 @@ async def create_session(request: web.Request) -> web.Response:
         greeting=tutor["greeting"],
         voice=tutor["voice"],
         language=tutor["language"],
+        model=served_model(request, tutor["model"]),
+        max_reply_tokens=tutor["max_reply_tokens"] or 0,
     )
     try:
         created = await engines.create_session(

@@ -1,4 +1,4 @@
-"""Tutors: persona, subject, greeting, language, voice, optional model name.
+"""Tutors: persona, subject, greeting, language, voice, and the model they talk through.
 
 Admins manage them; students may list and read them (without the persona)."""
 
@@ -12,6 +12,7 @@ from ... import validation as v
 from ...appkeys import DB
 from ...http_errors import APIError
 from ..security import principal, require_admin
+from ..served_models import model_names
 from .common import path_id, row_json
 from .kbs import owned_kb_id
 from .sessions import end_live_sessions
@@ -36,18 +37,26 @@ DEFAULTS: dict[str, Any] = {
     "language": "en",
     "voice": "",
     "model": None,
+    "max_reply_tokens": None,
     "kb_id": None,
 }
+# A tutor's reply limit, in tokens (null: the engine's llm.max_tokens).
+REPLY_TOKENS = (16, 4096)
 COLUMNS = (
-    "id, name, subject, system_prompt, greeting, language, voice, model, kb_id,"
+    "id, name, subject, system_prompt, greeting, language, voice, model, max_reply_tokens,"
+    " kb_id,"
     " created_at, updated_at"
 )
 
 
 async def _read(request: web.Request, *, partial: bool) -> dict[str, Any]:
     body = await v.json_body(request)
-    v.only_fields(body, (*FIELDS, "kb_id"))
+    v.only_fields(body, (*FIELDS, "kb_id", "max_reply_tokens"))
     values: dict[str, Any] = {}
+    if "max_reply_tokens" in body:
+        values["max_reply_tokens"] = v.integer(
+            body, "max_reply_tokens", low=REPLY_TOKENS[0], high=REPLY_TOKENS[1], nullable=True
+        )
     if "kb_id" in body:
         # The tutor's default knowledge base: one of this admin's, or null for none.
         raw = v.text(body, "kb_id", max_len=64, nullable=True)
@@ -63,6 +72,16 @@ async def _read(request: web.Request, *, partial: bool) -> dict[str, Any]:
             if key == "name" and not value:
                 raise APIError(422, "invalid_field", "'name' must not be empty", field="name")
             values[key] = value if (value is not None or key == "model") else ""
+    if values.get("model"):
+        allowed = model_names(request.app)
+        if values["model"] not in allowed:
+            raise APIError(
+                422,
+                "unknown_model",
+                f"no model {values['model']!r} is served; choose one of: {', '.join(allowed)} "
+                "(or null for the default)",
+                field="model",
+            )
     return values
 
 
