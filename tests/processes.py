@@ -33,6 +33,9 @@ def clean_env(extra: dict[str, str]) -> dict[str, str]:
     # the tests that want them say so (TUTORSRV_ASR_ENABLED=true).
     env["TUTORSRV_ASR_ENABLED"] = "false"
     env["TUTORSRV_TTS_ENABLED"] = "false"
+    # The fast model where llamacpp runs: these tests need a real model, not a right one.
+    # The test of the default model sets TUTORSRV_LLM_MODEL="" (the default, Qwen 1.5B).
+    env["TUTORSRV_LLM_MODEL"] = "smollm2-135m"
     env.update(extra)
     return env
 

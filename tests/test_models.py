@@ -200,6 +200,25 @@ async def test_sessions_on_the_engine_keep_their_state_through_the_model_process
         await ws.close()
 
 
+@pytestmark_real
+async def test_a_session_the_web_role_starts_has_its_opening_read_ahead(
+    make_client: MakeClient,
+) -> None:
+    """In `all` the web role creates sessions without the engine API: the opening is read
+    ahead all the same (its prefill runs before the session's own first turn)."""
+    client = await make_client("all", llm={"backend": "llamacpp", "max_tokens": 8})
+    admin = await register_admin(client)
+    student = await create_student(client, admin)
+    tutor = await create_tutor(client, admin, system_prompt=SYSTEM["content"], greeting="")
+    session = await start_session(client, admin, tutor, student)
+    ws = await client.ws_connect(ws_path(session))
+    await receive_json(ws)
+    await ws.send_json({"type": "text", "content": "What is 2 + 2?"})
+    metrics = (await receive_until(ws, "response_done", wait=120))[-1]["metrics"]
+    assert metrics["cached_prompt_tokens"] > 60  # the system prompt, read before the turn
+    await ws.close()
+
+
 # --- a tutor's own model ------------------------------------------------------------------
 
 

@@ -689,16 +689,17 @@ def test_voice_client_plays_speech_and_streams_the_microphone(
 def test_chat_with_the_real_default_model(
     postgres_url: str, page: Page, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
 ) -> None:
-    env = {"TUTORSRV_LLM_SEED": "7", "TUTORSRV_LLM_MAX_TOKENS": "48"}
+    # The real default model (not the tests' fast one): what a new user's `make run` serves.
+    env = {"TUTORSRV_LLM_SEED": "7", "TUTORSRV_LLM_MAX_TOKENS": "96", "TUTORSRV_LLM_MODEL": ""}
     with running_server(postgres_url, tmp_path_factory.mktemp("pages-real"), env) as real:
-        tenant = make_tenant(
-            real.base, system_prompt="You are a maths tutor. Answer briefly.", greeting=""
-        )
+        # The default persona (an empty system prompt), as a new user's first tutor has.
+        tenant = make_tenant(real.base, system_prompt="", greeting="")
         sign_in_student(page, real.base, tenant.student["email"])
         page.get_by_role("link", name="Chat with Ada").click()
         page.get_by_role("button", name="Start session").click()
         expect(page.locator("#conn-state")).to_have_text("connected")
-        send(page, "What is 7 times 8?")
+        # A question whose answer takes a few seconds to stream, so the page shows it forming.
+        send(page, "What is 7 times 8? Please explain why.")
         seen = watch_stream(page)
         expect(page.locator("#metrics [data-metric=tokens]")).to_be_visible(timeout=120_000)
         reply = last_reply(page).locator(".content").inner_text()

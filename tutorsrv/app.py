@@ -53,6 +53,7 @@ from .backplane import (
 )
 from .config import Config, ConfigError, key_file_path
 from .engine import routes as engine_routes
+from .engine.conversation import opening
 from .engine.llm import LLMBackend, create_backends
 from .engine.llm.warmup import warm_up
 from .engine.public_url import WEBSOCKET_PATH
@@ -64,7 +65,7 @@ from .health import health
 from .http_errors import json_errors
 from .knowledge import HttpKnowledgeSearch, KnowledgeSearch
 from .logs import AcceptErrorThrottle
-from .registry import SessionRegistry, TokenSigner, now_iso
+from .registry import Session, SessionRegistry, TokenSigner, now_iso
 from .web import proxy
 from .web.db import database_errors, open_database
 from .web.engine_client import HttpEngineClient, InProcessEngineClient
@@ -158,6 +159,7 @@ def _setup_engine(app: web.Application, config: Config, role: str) -> None:
     )
     app[MODELS] = create_backends(config.llm)
     app[LLM] = next(iter(app[MODELS].values()))
+    app[REGISTRY].create_listeners.append(lambda session: _read_opening(app, session))
     app[REGISTRY].end_listeners.append(
         lambda session_id, reason: _forget_conversation(app, session_id)
     )
@@ -229,6 +231,15 @@ async def _llm_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await asyncio.gather(*(llm.close() for llm in loaded), return_exceptions=True)
+
+
+def _read_opening(app: web.Application, session: Session) -> None:
+    """A session was created (by the engine API or, in `all`, by the web role directly): its
+    model reads the system prompt and greeting while the student is still connecting, so
+    the first turn reads only the question (the model does it when idle)."""
+    models = app[MODELS]
+    llm = models.get(session.tutor.model) or app[LLM]
+    llm.prefill(session.id, opening(session.tutor, app[CONFIG].llm.default_system_prompt))
 
 
 def _forget_conversation(app: web.Application, session_id: str) -> None:

@@ -277,7 +277,9 @@ class SessionRegistry:
         self._wall = wall_clock
         # Closing a socket waits on the client; these tasks belong to the registry.
         self._closing: set[asyncio.Task[None]] = set()
-        # Told of every session that ends (transcripts, the models' saved prompt states).
+        # Told of every session created (the model reads its opening ahead) and of every
+        # one that ends (transcripts, the models' saved prompt states).
+        self.create_listeners: list[Callable[[Session], None]] = []
         self.end_listeners: list[Callable[[str, EndReason], None]] = []
         # Running totals, read by /metrics: sessions created, creations refused by reason.
         self.created = 0
@@ -336,6 +338,8 @@ class SessionRegistry:
         token = self.signer.issue(session.id, session.expires_at)
         self.created += 1
         log.info("session created", extra={"session_id": session.id, "tutor_id": tutor_id})
+        for listener in self.create_listeners:
+            listener(session)
         return session, token
 
     def _make_room_for(self, tenant_id: str, student_id: str) -> None:

@@ -8,11 +8,10 @@ from typing import Any
 
 from aiohttp import web
 
-from ..appkeys import CONFIG, ENGINE_API_KEY, LLM, MODELS, REGISTRY
+from ..appkeys import CONFIG, ENGINE_API_KEY, MODELS, REGISTRY
 from ..http_errors import APIError, Handler
 from ..registry import CapacityError, SessionQuota, ShuttingDown, TutorProfile, iso
 from ..validation import json_body
-from .conversation import opening
 from .public_url import engine_url, websocket_base
 
 MAX_ID_CHARS = 128
@@ -89,10 +88,6 @@ async def create_session(request: web.Request) -> web.Response:
             f"this engine holds its maximum of {registry.max_sessions} sessions; retry later",
             headers={"Retry-After": str(e.retry_after)},
         ) from None
-    # Read the system prompt and greeting now, while the student is still connecting: the
-    # first turn then reads only the question (the model does this when it is idle).
-    llm = models.get(tutor.model) or request.config_dict[LLM]
-    llm.prefill(session.id, opening(session.tutor, config.llm.default_system_prompt))
     return web.json_response(
         {
             "session_id": session.id,

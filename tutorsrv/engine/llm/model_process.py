@@ -52,12 +52,15 @@ def describe_exit(returncode: int | None) -> str:
 
 
 def _load_vocabulary(model: str | None) -> Any:
+    """The model file's vocabulary only: no weights, no context (so no KV cache)."""
     import llama_cpp
+    from llama_cpp._internals import LlamaModel
 
     from .packaged import DEFAULT_MODEL, resolve
 
-    path = resolve(model or DEFAULT_MODEL)
-    return llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True
+    return LlamaModel(path_model=str(resolve(model or DEFAULT_MODEL)), params=params, verbose=False)
 
 
 class ModelProcessDied(LLMUnavailable):
@@ -216,7 +219,7 @@ class LlamaCppProcessBackend:
     def count_tokens(self, text: str) -> int:
         if self._vocabulary is None:
             return estimate_tokens(text)
-        return len(self._vocabulary.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+        return len(self._vocabulary.tokenize(text.encode("utf-8"), False, False))
 
     def _tell(self, message: dict[str, Any]) -> None:
         # A child that is restarting holds no state to read into or to drop.
@@ -306,6 +309,7 @@ class LlamaCppProcessBackend:
             await asyncio.gather(self._restarter, return_exceptions=True)
         child, self._child = self._child, None
         self._ready.clear()
+        self._vocabulary = None
         if child is not None:
             await self._end(child)
 
