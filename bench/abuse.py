@@ -372,6 +372,7 @@ async def run(args: argparse.Namespace) -> None:
             "TUTORSRV_TTS_ENABLED": "false",
             "TUTORSRV_LLM_MAX_TOKENS": "24",
             "TUTORSRV_LLM_TEMPERATURE": "0",
+            "TUTORSRV_LLM_MODEL": args.model,
             "TUTORSRV_ENGINE_MAX_SESSIONS": "10",
             "TUTORSRV_ENGINE_TRUST_FORWARDED_HEADERS": "false",
             # Victim and attacker share 127.0.0.1 here, and the victim probes far more often
@@ -395,6 +396,7 @@ async def run(args: argparse.Namespace) -> None:
         )
         print(f"# load average at start: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
         print(f"# {args.seconds:g} s per phase; victim probes: login, session start, first token")
+        print(f"# language model: {args.model or 'the default (qwen2.5-1.5b)'}")
         print()
         base = await phase(server, victim, attacker, None, args.seconds)
         print(
@@ -428,6 +430,7 @@ async def run(args: argparse.Namespace) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--seconds", type=float, default=12.0, help="length of each phase")
+    p.add_argument("--model", default="", help="llm.model (default: the default model)")
     p.add_argument("--attacks", default=",".join(ATTACKS))
     asyncio.run(run(p.parse_args()))
 

@@ -104,6 +104,39 @@ async def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
             stop_server(server)
 
 
+class Student:
+    """One socket, read all the time (as a browser does: it answers the server's pings while
+    the student waits for the others' turns), its messages queued for the benchmark."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.messages: asyncio.Queue[dict[str, Any] | BaseException] = asyncio.Queue()
+        self.reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        try:
+            async for message in self.ws:
+                if message.type == aiohttp.WSMsgType.TEXT:
+                    self.messages.put_nowait(json.loads(message.data))
+            self.messages.put_nowait(RuntimeError(f"socket closed: {self.ws.close_code}"))
+        except Exception as e:
+            self.messages.put_nowait(e)
+
+    async def until(self, kind: str) -> dict[str, Any]:
+        while True:
+            data = await asyncio.wait_for(self.messages.get(), 600)
+            if isinstance(data, BaseException):
+                raise data
+            if data["type"] == "error":
+                raise RuntimeError(f"engine error: {data}")
+            if data["type"] == kind:
+                return data
+
+    async def close(self) -> None:
+        await self.ws.close()
+        await asyncio.gather(self.reader, return_exceptions=True)
+
+
 async def converse(http: aiohttp.ClientSession, server: Any, args: argparse.Namespace) -> dict:
     sockets = []
     for student in range(args.students):
@@ -113,9 +146,9 @@ async def converse(http: aiohttp.ClientSession, server: Any, args: argparse.Name
             headers=server.headers,
         ) as r:
             created = await r.json()
-        ws = await http.ws_connect(created["engine_url"])
-        await until(ws, "response_done")  # the greeting (fixed text, no model)
-        sockets.append(ws)
+        one = Student(await http.ws_connect(created["engine_url"]))
+        await one.until("response_done")  # the greeting (fixed text, no model)
+        sockets.append(one)
     # The students read the greeting before they ask: the engine reads each opening then.
     await asyncio.sleep(args.think_s)
     turns: list[list[dict[str, Any]]] = [[] for _ in range(10)]
@@ -126,26 +159,14 @@ async def converse(http: aiohttp.ClientSession, server: Any, args: argparse.Name
             question = (FRACTIONS if student % 2 == 0 else DECIMALS)[index]
             if index == 0:
                 question = f"I'm student number {student + 1}. {question}"
-            await ws.send_json({"type": "text", "content": question})
-            done = await until(ws, "response_done")
+            await ws.ws.send_json({"type": "text", "content": question})
+            done = await ws.until("response_done")
             turns[index].append(done["metrics"])
             peak_rss = max(peak_rss, rss_mib(server.ps))
     seconds = time.monotonic() - started
     for ws in sockets:
         await ws.close()
     return {"turns": turns, "seconds": seconds, "rss_mib": peak_rss}
-
-
-async def until(ws: aiohttp.ClientWebSocketResponse, kind: str) -> dict[str, Any]:
-    while True:
-        message = await ws.receive(timeout=600)
-        if message.type != aiohttp.WSMsgType.TEXT:
-            raise RuntimeError(f"socket: {message.type} {message.data!r}")
-        data = json.loads(message.data)
-        if data["type"] == "error":
-            raise RuntimeError(f"engine error: {data}")
-        if data["type"] == kind:
-            return data
 
 
 def rss_mib(process: psutil.Process) -> float:
@@ -202,7 +223,10 @@ def main() -> int:
     results = {}
     for mode in args.modes.split(","):
         print(f"running {mode} ...", file=sys.stderr, flush=True)
-        results[mode] = asyncio.run(run_mode(mode, args))
+        try:
+            results[mode] = asyncio.run(run_mode(mode, args))
+        except Exception as e:  # report what was measured before the failure
+            print(f"mode {mode} failed: {type(e).__name__}: {e}", file=sys.stderr)
     report(results, args)
     return 0
 

@@ -135,8 +135,10 @@ class LLMConfig:
     # this many seconds, or start-up stops (exit 3) before the port serves.
     warmup_timeout_seconds: float = 120.0
     n_ctx: int = 2048
-    # 0: one thread per CPU core.
+    # llamacpp threads for reading the prompt, and for writing the reply token by token.
+    # 0: one per CPU core.
     n_threads: int = 0
+    n_threads_decode: int = 0
     max_tokens: int = 256
     # Low: a tutor should give the same right answer every time (bench/tutor_quality.py).
     temperature: float = 0.2
@@ -249,8 +251,9 @@ class KBConfig:
     # Passages put in front of each student turn.
     top_k: int = 3
     # At most this many model tokens of passages per turn: the model reads them before it
-    # says anything (Qwen 1.5B on 2 cores: ~8 ms a token, so 300 tokens add ~2.5 s).
-    passage_tokens: int = 300
+    # says anything (Qwen 1.5B on 2 cores: ~12 ms a token, so 250 tokens add ~3 s). 250 holds
+    # one whole passage of the default chunk_chars (900 characters: ~200-230 tokens).
+    passage_tokens: int = 250
     # Where the engine's search waits no longer; a turn is answered without passages then.
     search_timeout_seconds: float = 3.0
     # Optional: an OpenAI-compatible /v1/embeddings server (vLLM, llama.cpp's server, ...) for
@@ -506,6 +509,7 @@ def validate(config: Config) -> None:
         raise ConfigError(f"llm.backend: {m.backend!r} is not one of {', '.join(LLM_BACKENDS)}")
     _positive("llm.n_ctx", m.n_ctx)
     _positive("llm.n_threads", m.n_threads, allow_zero=True)
+    _positive("llm.n_threads_decode", m.n_threads_decode, allow_zero=True)
     _positive("llm.max_tokens", m.max_tokens)
     if m.max_tokens >= m.n_ctx:
         raise ConfigError("llm.max_tokens: must be smaller than llm.n_ctx")

@@ -41,6 +41,10 @@ class LiveSocket(Protocol):
     async def close(self, code: int, reason: str) -> None: ...
 
 
+# What a tutor's max_reply_tokens may be (web API and engine API alike).
+REPLY_TOKENS = (16, 4096)
+
+
 @dataclass
 class TutorProfile:
     name: str = "Tutor"

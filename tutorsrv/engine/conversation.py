@@ -114,7 +114,7 @@ class Conversation:
         record_turn: Callable[[TurnRecord], None] | None = None,
         knowledge: KnowledgeSearch | None = None,
         top_k: int = 3,
-        passage_tokens: int = 300,
+        passage_tokens: int = 250,
         search_timeout: float = 3.0,
         on_response: Callable[[str, dict[str, Any]], None] | None = None,
         speech: SpeechSettings | None = None,
@@ -253,6 +253,7 @@ class Conversation:
             response.stats,
             conversation=self.session.id,
             max_tokens=self.session.tutor.max_reply_tokens or None,
+            tenant=self.session.tenant_id,
         )
         async with aclosing(reply) as stream:
             async for piece in stream:

@@ -10,7 +10,14 @@ from aiohttp import web
 
 from ..appkeys import CONFIG, ENGINE_API_KEY, MODELS, REGISTRY
 from ..http_errors import APIError, Handler
-from ..registry import CapacityError, SessionQuota, ShuttingDown, TutorProfile, iso
+from ..registry import (
+    REPLY_TOKENS,
+    CapacityError,
+    SessionQuota,
+    ShuttingDown,
+    TutorProfile,
+    iso,
+)
 from ..validation import json_body
 from .public_url import engine_url, websocket_base
 
@@ -162,13 +169,10 @@ def _tutor_profile(value: Any) -> TutorProfile:
         if key == "max_reply_tokens":
             if item is None:
                 continue
-            if isinstance(item, bool) or not isinstance(item, int) or not 16 <= item <= 4096:
-                raise APIError(
-                    422,
-                    "invalid_field",
-                    f"'{field}' must be an integer from 16 to 4096",
-                    field=field,
-                )
+            low, high = REPLY_TOKENS
+            if isinstance(item, bool) or not isinstance(item, int) or not low <= item <= high:
+                message = f"'{field}' must be an integer from {low} to {high}"
+                raise APIError(422, "invalid_field", message, field=field)
             profile.max_reply_tokens = item
             continue
         limit = TUTOR_FIELDS.get(key)

@@ -52,6 +52,7 @@ def create_backend(config: LLMConfig, model: str | None = None) -> LLMBackend:
             "model": entry,
             "n_ctx": config.n_ctx,
             "n_threads": config.n_threads,
+            "n_threads_decode": config.n_threads_decode,
             "max_tokens": config.max_tokens,
             "temperature": config.temperature,
             "top_p": config.top_p,

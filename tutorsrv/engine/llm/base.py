@@ -53,10 +53,12 @@ class LLMBackend(Protocol):
         *,
         conversation: str | None = None,
         max_tokens: int | None = None,
+        tenant: str | None = None,
     ) -> AsyncIterator[str]:
         """Stream the assistant's reply to ``messages`` as text pieces. ``conversation`` (the
-        session id) lets a backend keep each conversation's prompt state apart;
-        ``max_tokens`` (the tutor's limit) replaces the configured reply length."""
+        session id) lets a backend keep each conversation's prompt state apart, and
+        ``tenant`` (its organisation) share the model fairly; ``max_tokens`` (the tutor's
+        limit) replaces the configured reply length."""
         ...
 
     def prefill(self, conversation: str, messages: list[ChatMessage]) -> None:

@@ -95,6 +95,10 @@ class _Stopped(Exception):
     """Raised between two batches of prompt evaluation when the generation was stopped."""
 
 
+class _Yielded(Exception):
+    """Raised between two batches of prompt evaluation to make way for another turn."""
+
+
 class LlamaCppBackend:
     name = "llamacpp"
     ready = True
@@ -105,8 +109,9 @@ class LlamaCppBackend:
         *,
         n_ctx: int = 2048,
         n_threads: int = 0,
+        n_threads_decode: int = 0,
         max_tokens: int = 256,
-        temperature: float = 0.6,
+        temperature: float = 0.2,
         top_p: float = 0.9,
         seed: int = -1,
         session_state_bytes: int = 512 * 2**20,
@@ -116,6 +121,7 @@ class LlamaCppBackend:
         self.model = model_name(model)
         self.n_ctx = n_ctx
         self.n_threads = n_threads or os.cpu_count() or 1
+        self.n_threads_decode = n_threads_decode or self.n_threads
         self.max_tokens = max_tokens
         self.temperature = temperature
         self.top_p = top_p
@@ -134,6 +140,9 @@ class LlamaCppBackend:
         self._eval_batch: Any = None
         # The stop flag of the generation in progress (one at a time on this model).
         self._stop: threading.Event | None = None
+        # Asked between prompt batches: should this generation make way (model_process's
+        # scheduler; None in the thread backend, which runs turns first come, first served).
+        self._yield_now: Any = None
         self.active = 0
 
     async def load(self) -> None:
@@ -157,7 +166,7 @@ class LlamaCppBackend:
             llama = llama_cpp.Llama(
                 model_path=str(path),
                 n_ctx=self.n_ctx,
-                n_threads=self.n_threads,
+                n_threads=self.n_threads_decode,
                 n_threads_batch=self.n_threads,
                 seed=self.seed if self.seed >= 0 else llama_cpp.LLAMA_DEFAULT_SEED,
                 verbose=False,
@@ -189,6 +198,9 @@ class LlamaCppBackend:
             stop = self._stop
             if stop is not None and stop.is_set():
                 raise _Stopped
+            # At least one batch per slice, so a yielding prompt always makes progress.
+            if start and self._yield_now is not None and self._yield_now():
+                raise _Yielded
             self._eval_batch(tokens[start : start + size])
 
     async def close(self) -> None:
@@ -301,6 +313,7 @@ class LlamaCppBackend:
         *,
         conversation: str | None = None,
         max_tokens: int | None = None,
+        tenant: str | None = None,
     ) -> AsyncIterator[str]:
         if self._llama is None:
             raise RuntimeError("the llama.cpp model is not loaded")
@@ -350,10 +363,13 @@ class LlamaCppBackend:
         put: Any,
         conversation: str | None = None,
         max_tokens: int | None = None,
+        yield_now: Any = None,
     ) -> None:
         """One generation in the calling thread: ``put`` gets each piece, ``stop`` ends it
         (between tokens, or between batches of the prompt). Used by ``stream`` and by the
-        model's child process."""
+        model's child process. ``yield_now()`` True between two prompt batches ends it with
+        ``finish_reason = "yielded"`` and nothing put: the caller runs it again later, and
+        it resumes from what it read."""
         llama = self._llama
         reply_tokens = min(max_tokens or self.max_tokens, self.n_ctx // 2)
         tokens, dropped = self.fit_to_context(messages, reply_tokens, conversation)
@@ -370,6 +386,7 @@ class LlamaCppBackend:
             stream=True,
         )
         self._stop = stop
+        self._yield_now = yield_now
         try:
             for chunk in chunks:
                 if stop.is_set():
@@ -384,8 +401,11 @@ class LlamaCppBackend:
                     stats.finish_reason = choice["finish_reason"]
         except _Stopped:
             stats.finish_reason = "cancelled"
+        except _Yielded:
+            stats.finish_reason = "yielded"
         finally:
             self._stop = None
+            self._yield_now = None
             chunks.close()
 
     def prefill_blocking(

@@ -8,14 +8,15 @@ Protocol: one JSON object per line. The first line from the parent is
 ``{"op": "load", "options": {...}}`` (LlamaCppBackend's keyword arguments); the child answers
 ``{"event": "ready", ...}`` or ``{"event": "load_failed", "message": ...}``. Then:
 
-- parent: ``{"op": "generate", "id": n, "messages": [...], "conversation": "<session id>"}``,
-  ``{"op": "cancel", "id": n}``
+- parent: ``{"op": "generate", "id": n, "messages": [...], "conversation": "<session id>",
+  "tenant": "<organisation>" | null, "max_tokens": n | null}``, ``{"op": "cancel", "id": n}``
 - child: ``{"id": n, "event": "start", <prompt stats>}``, ``{"id": n, "event": "piece", "text"}``
   ..., then ``{"id": n, "event": "done", <stats>}`` or ``{"id": n, "event": "failed", "message"}``
 - parent, unanswered: ``{"op": "prefill", "conversation": ..., "messages": [...]}`` (read a new
   session's opening while idle) and ``{"op": "forget", "conversation": ...}`` (it ended).
 
-Jobs run one at a time on the main thread (``Jobs`` says in which order). A reader thread
+Jobs run one at a time on the main thread, in the order ``scheduling.Jobs`` gives (fair
+between organisations, with time slices). A reader thread
 takes the parent's lines, so a cancel reaches a generation in progress. End of input (the
 engine stopped, or died) ends the child at once: it never outlives the engine. SIGINT and SIGTERM
 are ignored: they are the engine's to handle (use SIGKILL to kill the child by hand).
@@ -30,65 +31,15 @@ import os
 import signal
 import sys
 import threading
-from collections import OrderedDict, deque
 from dataclasses import asdict
 from typing import Any, BinaryIO
 
 from ...logs import setup_logging
 from .base import GenerationStats, LLMLoadError
 from .llamacpp import LlamaCppBackend
+from .scheduling import Jobs
 
 log = logging.getLogger(__name__)
-
-
-class Jobs:
-    """The child's work: generations (and forgets) in order of arrival; prefills only when
-    nothing else waits, except that a conversation's own pending prefill runs just before
-    its generation (it is the start of that very prompt). A generation for another
-    conversation stops a prefill in progress, between two prompt batches."""
-
-    def __init__(self) -> None:
-        self._ready = threading.Condition()
-        self._urgent: deque[dict[str, Any]] = deque()
-        self._prefills: OrderedDict[str, dict[str, Any]] = OrderedDict()
-        # The prefill in progress: its conversation and its stop flag.
-        self._prefilling: str | None = None
-        self.prefill_stop = threading.Event()
-
-    def put(self, command: dict[str, Any]) -> None:
-        op, conversation = command.get("op"), str(command.get("conversation"))
-        with self._ready:
-            if op == "prefill":
-                self._prefills[conversation] = command
-            else:
-                if op == "forget":
-                    self._prefills.pop(conversation, None)
-                self._urgent.append(command)
-                if op == "generate" and self._prefilling not in (None, conversation):
-                    self.prefill_stop.set()
-            self._ready.notify()
-
-    def get(self) -> dict[str, Any]:
-        with self._ready:
-            while not self._urgent and not self._prefills:
-                self._ready.wait()
-            command: dict[str, Any] | None = None
-            if self._urgent:
-                first = self._urgent[0]
-                own = str(first.get("conversation"))
-                if first.get("op") == "generate" and own in self._prefills:
-                    command = self._prefills.pop(own)
-                else:
-                    return self._urgent.popleft()
-            if command is None:
-                _, command = self._prefills.popitem(last=False)
-            self._prefilling = str(command["conversation"])
-            self.prefill_stop = threading.Event()
-            return command
-
-    def prefill_done(self) -> None:
-        with self._ready:
-            self._prefilling = None
 
 
 class Channel:
@@ -140,6 +91,7 @@ def _generate(
     backend: LlamaCppBackend,
     command: dict[str, Any],
     channel: Channel,
+    jobs: Jobs,
     cancelled: set[int],
     running: dict[int, threading.Event],
 ) -> None:
@@ -149,6 +101,7 @@ def _generate(
     if job_id in cancelled:  # cancelled while it waited
         running.pop(job_id, None)
         cancelled.discard(job_id)
+        jobs.finished()
         return
     stats = GenerationStats()
     started = False
@@ -163,6 +116,7 @@ def _generate(
             channel.send({"id": job_id, "event": "start", **asdict(stats)})
         channel.send({"id": job_id, "event": "piece", "text": text})
 
+    requeued = False
     try:
         backend.generate_blocking(
             command["messages"],
@@ -171,16 +125,25 @@ def _generate(
             put,
             command.get("conversation"),
             command.get("max_tokens"),
+            jobs.should_yield,
         )
     except Exception as e:
         channel.send({"id": job_id, "event": "failed", "message": f"{type(e).__name__}: {e}"})
     else:
+        if stats.finish_reason == "yielded" and job_id not in cancelled:
+            # Another tenant's turn waits: this one goes back in the queue and resumes from
+            # what it has read (scheduling.py, time slices). Nothing was sent yet.
+            requeued = True
+            jobs.put(command)
+            return
         if not started:
             channel.send({"id": job_id, "event": "start", **asdict(stats)})
         channel.send({"id": job_id, "event": "done", **asdict(stats)})
     finally:
+        jobs.finished()
         running.pop(job_id, None)
-        cancelled.discard(job_id)
+        if not requeued:
+            cancelled.discard(job_id)
 
 
 def main() -> int:
@@ -218,7 +181,7 @@ def main() -> int:
         command = jobs.get()
         op = command.get("op")
         if op == "generate":
-            _generate(backend, command, channel, cancelled, running)
+            _generate(backend, command, channel, jobs, cancelled, running)
         elif op == "forget":
             backend.forget_blocking(str(command.get("conversation")))
         elif op == "prefill":

@@ -234,6 +234,7 @@ class LlamaCppProcessBackend:
         *,
         conversation: str | None = None,
         max_tokens: int | None = None,
+        tenant: str | None = None,
     ) -> AsyncIterator[str]:
         if self._child is None:
             raise LLMUnavailable(
@@ -241,7 +242,9 @@ class LlamaCppProcessBackend:
             )
         self.active += 1
         try:
-            generation = self._generate(self._child, messages, stats, conversation, max_tokens)
+            generation = self._generate(
+                self._child, messages, stats, conversation, max_tokens, tenant
+            )
             async with contextlib.aclosing(generation) as gen:
                 async for piece in gen:
                     yield piece
@@ -255,6 +258,7 @@ class LlamaCppProcessBackend:
         stats: GenerationStats,
         conversation: str | None = None,
         max_tokens: int | None = None,
+        tenant: str | None = None,
     ) -> AsyncIterator[str]:
         job_id = next(self._ids)
         events: asyncio.Queue[dict[str, Any] | BaseException] = asyncio.Queue()
@@ -268,6 +272,7 @@ class LlamaCppProcessBackend:
                     "messages": messages,
                     "conversation": conversation,
                     "max_tokens": max_tokens,
+                    "tenant": tenant,
                 }
             )
             while True:

@@ -106,6 +106,7 @@ class OpenAIBackend:
         *,
         conversation: str | None = None,
         max_tokens: int | None = None,
+        tenant: str | None = None,
     ) -> AsyncIterator[str]:
         if self._http is None:
             raise RuntimeError("the openai backend is not loaded")

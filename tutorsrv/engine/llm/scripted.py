@@ -57,6 +57,7 @@ class ScriptedBackend:
         *,
         conversation: str | None = None,
         max_tokens: int | None = None,
+        tenant: str | None = None,
     ) -> AsyncIterator[str]:
         pieces = self.pieces(messages)
         cut = max_tokens is not None and len(pieces) > max_tokens

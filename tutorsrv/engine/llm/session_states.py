@@ -5,9 +5,9 @@ another student overwrites it, and the next turn of the first one re-reads its w
 (seconds with a 1.5B model: about 12 ms per prompt token on 2 cores). So when the context
 passes from one conversation to another, the leaving conversation's KV cells are copied out
 (``llama_state_seq_get_data``: the cells of sequence 0 and their tokens, no logits) and the
-arriving one's copied back in. A copy costs about a millisecond per 2,000 tokens' worth of
-KV data... per MiB (measured in bench/llm_conversation.py), against ~12 ms per token of
-re-reading.
+arriving one's copied back in. Measured here: 6.3 MiB of state (288 tokens of SmolLM2) saved
+in 3.9 ms and restored in 2.0 ms; Qwen 1.5B holds ~28 KiB a token, so a 1,000-token
+conversation is ~27 MiB and ~25 ms for both copies, against ~12 s to read it again.
 
 Saved states are bounded (``llm.session_state_bytes``), least recently used first out; a
 conversation whose state was dropped re-reads its prompt once, as before. Not thread-safe:

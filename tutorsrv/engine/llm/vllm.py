@@ -95,6 +95,7 @@ class VLLMBackend:
         *,
         conversation: str | None = None,
         max_tokens: int | None = None,
+        tenant: str | None = None,
     ) -> AsyncIterator[str]:
         if self._engine is None:
             raise RuntimeError("the vllm backend is not loaded")

@@ -11,6 +11,7 @@ from aiohttp import web
 from ... import validation as v
 from ...appkeys import DB
 from ...http_errors import APIError
+from ...registry import REPLY_TOKENS
 from ..security import principal, require_admin
 from ..served_models import model_names
 from .common import path_id, row_json
@@ -40,8 +41,6 @@ DEFAULTS: dict[str, Any] = {
     "max_reply_tokens": None,
     "kb_id": None,
 }
-# A tutor's reply limit, in tokens (null: the engine's llm.max_tokens).
-REPLY_TOKENS = (16, 4096)
 COLUMNS = (
     "id, name, subject, system_prompt, greeting, language, voice, model, max_reply_tokens,"
     " kb_id,"
