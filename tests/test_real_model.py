@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient
 
 from tutorsrv.appkeys import LLM, REGISTRY
 from tutorsrv.engine.llm.base import GenerationStats
-from tutorsrv.engine.llm.llamacpp import LlamaCppBackend
+from tutorsrv.engine.llm.llamacpp import PROMPT_SLICE, LlamaCppBackend
 
 from .conftest import MakeClient, new_session, receive_json, receive_until, ws_path
 
@@ -190,7 +190,7 @@ async def test_real_model_answers_with_course_material(make_client: MakeClient) 
 LONG_PROMPT = [{"role": "user", "content": "Please read this. " + "word " * 1700}]
 
 
-async def test_a_stop_during_a_long_prompt_takes_effect_between_batches() -> None:
+async def test_a_stop_during_a_long_prompt_takes_effect_between_slices() -> None:
     backend = LlamaCppBackend(SMOL, n_ctx=2048, max_tokens=16, seed=1)
     await backend.load()
     try:
@@ -198,23 +198,23 @@ async def test_a_stop_during_a_long_prompt_takes_effect_between_batches() -> Non
         real = backend._eval_batch
         evaluated: list[int] = []
 
-        def first_batch_then_stop(batch: list[int]) -> None:
+        def first_slice_then_stop(batch: list[int]) -> None:
             real(batch)
             evaluated.append(len(batch))
             stop.set()  # as an interrupt arriving while the prompt is evaluated
 
-        backend._eval_batch = first_batch_then_stop
+        backend._eval_batch = first_slice_then_stop
         stats = GenerationStats()
         pieces: list[str] = []
         await asyncio.to_thread(backend.generate_blocking, LONG_PROMPT, stats, stop, pieces.append)
         assert stats.prompt_tokens > 1500
         assert stats.finish_reason == "cancelled" and stats.completion_tokens == 0 and not pieces
-        assert evaluated == [512]  # one batch of the prompt, not all of it
+        assert evaluated == [PROMPT_SLICE]  # one slice of the prompt, not all of it
         # What was evaluated stays: the same prompt again starts after it.
         backend._eval_batch = real
         again = GenerationStats()
         text = "".join([p async for p in backend.stream(LONG_PROMPT, again)])
-        assert again.cached_prompt_tokens >= 511 and text.strip()
+        assert again.cached_prompt_tokens >= PROMPT_SLICE - 1 and text.strip()
     finally:
         await backend.close()
 

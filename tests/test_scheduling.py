@@ -9,6 +9,7 @@ import time
 import pytest
 
 from tutorsrv.engine.llm.base import GenerationStats
+from tutorsrv.engine.llm.llamacpp import PROMPT_SLICE
 from tutorsrv.engine.llm.model_process import LlamaCppProcessBackend
 from tutorsrv.engine.llm.scheduling import Jobs
 
@@ -94,7 +95,7 @@ LONG = "Please read this. " + "word " * 1700
 @pytest.mark.real_model
 async def test_a_long_prompt_makes_way_for_another_organisations_turn() -> None:
     """School A's turn with a 1,700-token prompt starts first; school B's short turn comes
-    right after. B's reply starts before A's: A yields after a prompt batch, then resumes
+    right after. B's reply starts before A's: A yields after a prompt slice, then resumes
     from what it read and completes."""
     backend = LlamaCppProcessBackend(
         {"model": "smollm2-135m", "max_tokens": 8, "temperature": 0.0, "seed": 1}, model="m"
@@ -120,4 +121,4 @@ async def test_a_long_prompt_makes_way_for_another_organisations_turn() -> None:
     assert first_piece["b"] < first_piece["a"]
     assert stats["a"].finish_reason in ("stop", "length")
     # What A read before it yielded was kept: on resuming it did not read it again.
-    assert stats["a"].cached_prompt_tokens >= 512
+    assert stats["a"].cached_prompt_tokens >= PROMPT_SLICE

@@ -14,11 +14,12 @@ the model would otherwise be idle). The order:
    before its first turn (it is the start of that very prompt). Another tenant's turn stops
    a prefill in progress between two prompt batches.
 
-Time slices: a generation reads its prompt in batches (512 tokens). When another tenant's
-turn is waiting, the one in progress yields after a batch (it has read at least one in this
-slice), goes back in the queue and later resumes from what it read (its KV cells are kept
-as its session's saved state). One student's long prompt (a flooded history, a long pasted
-text) then costs another school at most a batch of waiting, not the whole prompt. A reply
+Time slices: a generation reads its prompt 64 tokens at a time (``llamacpp.PROMPT_SLICE``).
+When another tenant's turn is waiting, the one in progress yields after a slice (it has read
+at least one this time), goes back in the queue and later resumes from what it read (its KV
+cells are kept as its session's saved state). One student's long prompt (a flooded history,
+a long pasted text) then costs another school at most one slice of waiting (0.7 s with Qwen
+1.5B on 2 cores), not the whole prompt (up to 2,000 tokens: 24 s). A reply
 that streams is not interrupted: its length is bounded by ``max_tokens``.
 
 Thread-safe: the reader thread puts, the model thread gets and asks ``should_yield``.
