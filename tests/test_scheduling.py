@@ -43,6 +43,16 @@ def test_turns_go_to_the_organisation_served_least_recently() -> None:
     ]
 
 
+def test_an_ended_session_leaves_nothing_behind_in_the_queue() -> None:
+    jobs = Jobs()
+    jobs.put(generate("lone"))  # no tenant: the session is its own key
+    order(jobs, 1)
+    assert "session:lone" in jobs._served
+    jobs.put({"op": "forget", "conversation": "lone"})
+    order(jobs, 1)
+    assert jobs._served == {}
+
+
 def test_forgets_first_and_prefills_only_when_idle() -> None:
     jobs = Jobs()
     jobs.put({"op": "prefill", "conversation": "p"})

@@ -59,6 +59,8 @@ class Jobs:
             else:
                 if op == "forget":
                     self._prefills.pop(conversation, None)
+                    # A session without a tenant was its own key: drop it (bounded memory).
+                    self._served.pop(f"session:{conversation}", None)
                 self._urgent.append(command)
                 if op == "generate" and self._prefilling not in (None, conversation):
                     self.prefill_stop.set()
