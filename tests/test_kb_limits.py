@@ -9,7 +9,7 @@ import aiohttp
 import psutil
 from aiohttp.test_utils import TestClient
 
-from .conftest import MakeClient, receive_json, receive_until, ws_path
+from .conftest import MakeClient
 from .test_kb_smoke import upload
 from .web_helpers import PASSWORD, register_admin
 
@@ -133,7 +133,7 @@ async def test_a_turn_reads_at_most_the_passage_budget(make_client: MakeClient) 
     by no more than that over the same question without course material, however long the
     matching document."""
     from .test_kb_smoke import upload
-    from .web_helpers import create_student, create_tutor, start_session
+    from .web_helpers import ask_once, create_student, create_tutor
 
     client = await make_client(
         "all",
@@ -148,14 +148,9 @@ async def test_a_turn_reads_at_most_the_passage_budget(make_client: MakeClient) 
     prompts = {}
     for name, kb_id in (("with", kb), ("without", None)):
         tutor = await create_tutor(client, admin, kb_id=kb_id, greeting="")
-        session = await start_session(client, admin, tutor, student)
-        ws = await client.ws_connect(ws_path(session))
-        await receive_json(ws)
-        await ws.send_json({"type": "text", "content": "Why is Mars red?"})
-        messages = await receive_until(ws, "response_done", wait=120)
+        messages = await ask_once(client, admin, tutor, student, "Why is Mars red?")
         prompts[name] = messages[-1]["metrics"]["prompt_tokens"]
         if kb_id:
             assert messages[0]["type"] == "sources" and len(messages[0]["sources"]) == 1
-        await ws.close()
     # 60 passage tokens plus the framing around them ("Course material ...", the [1] label).
     assert prompts["without"] < prompts["with"] <= prompts["without"] + 60 + 40

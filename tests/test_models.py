@@ -18,7 +18,7 @@ from tutorsrv.engine.llm.base import ChatMessage, GenerationStats, LLMLoadError
 from tutorsrv.engine.llm.llamacpp import LlamaCppBackend
 
 from .conftest import AUTH, MakeClient, new_session, receive_json, receive_until, ws_path
-from .web_helpers import create_student, create_tutor, register_admin, start_session
+from .web_helpers import ask_once, create_student, create_tutor, register_admin
 
 SMOL = "smollm2-135m"
 
@@ -120,17 +120,22 @@ def _turn(
     return stats
 
 
-@pytestmark_real
-def test_each_conversation_resumes_from_its_own_saved_state() -> None:
-    """Two students take turns on one model: each turn reads only its new message, where
-    one shared KV cache would make each re-read its whole history after the other spoke."""
-    backend = LlamaCppBackend(SMOL, max_tokens=24, temperature=0.0, seed=1)
+def _a_then_b_then_a(backend: LlamaCppBackend) -> tuple[GenerationStats, GenerationStats]:
+    """Load the model; student a asks, student b asks, a asks again. Returns a's two turns."""
     backend.load_blocking()
     a: list[ChatMessage] = [SYSTEM]
     b: list[ChatMessage] = [SYSTEM]
     first = _turn(backend, a, "What is 3 + 4?", "a")
     _turn(backend, b, "Name a prime number bigger than 10, please.", "b")
-    second = _turn(backend, a, "And 5 + 6?", "a")
+    return first, _turn(backend, a, "And 5 + 6?", "a")
+
+
+@pytestmark_real
+def test_each_conversation_resumes_from_its_own_saved_state() -> None:
+    """Two students take turns on one model: each turn reads only its new message, where
+    one shared KV cache would make each re-read its whole history after the other spoke."""
+    backend = LlamaCppBackend(SMOL, max_tokens=24, temperature=0.0, seed=1)
+    first, second = _a_then_b_then_a(backend)
     # The whole of a's first prompt (and the reply after it) was kept, not only the part
     # both students share (the system prompt).
     assert second.cached_prompt_tokens >= first.prompt_tokens
@@ -145,12 +150,7 @@ def test_without_room_for_saved_states_a_conversation_rereads_its_history() -> N
     """The budget is a real bound: with none, the same exchange re-reads a's history (the
     counterpart of the test above, which shows what the saved state buys)."""
     backend = LlamaCppBackend(SMOL, max_tokens=24, temperature=0.0, seed=1, session_state_bytes=0)
-    backend.load_blocking()
-    a: list[ChatMessage] = [SYSTEM]
-    b: list[ChatMessage] = [SYSTEM]
-    first = _turn(backend, a, "What is 3 + 4?", "a")
-    _turn(backend, b, "Name a prime number bigger than 10, please.", "b")
-    second = _turn(backend, a, "And 5 + 6?", "a")
+    first, second = _a_then_b_then_a(backend)
     assert second.cached_prompt_tokens < first.prompt_tokens
     assert len(backend.states) == 0 and backend.states.bytes == 0
 
@@ -210,13 +210,8 @@ async def test_a_session_the_web_role_starts_has_its_opening_read_ahead(
     admin = await register_admin(client)
     student = await create_student(client, admin)
     tutor = await create_tutor(client, admin, system_prompt=SYSTEM["content"], greeting="")
-    session = await start_session(client, admin, tutor, student)
-    ws = await client.ws_connect(ws_path(session))
-    await receive_json(ws)
-    await ws.send_json({"type": "text", "content": "What is 2 + 2?"})
-    metrics = (await receive_until(ws, "response_done", wait=120))[-1]["metrics"]
+    metrics = (await ask_once(client, admin, tutor, student, "What is 2 + 2?"))[-1]["metrics"]
     assert metrics["cached_prompt_tokens"] > 60  # the system prompt, read before the turn
-    await ws.close()
 
 
 # --- a tutor's own model ------------------------------------------------------------------
@@ -257,13 +252,8 @@ async def test_each_tutor_talks_through_its_own_model(make_client: MakeClient) -
     for model in ("qwen2.5-0.5b", None):
         tutor = await create_tutor(client, admin, model=model, greeting="")
         assert tutor["model"] == model
-        session = await start_session(client, admin, tutor, student)
-        ws = await client.ws_connect(ws_path(session))
-        assert (await receive_json(ws))["type"] == "session"
-        await ws.send_json({"type": "text", "content": "Say hello."})
-        done = (await receive_until(ws, "response_done", wait=120))[-1]
+        done = (await ask_once(client, admin, tutor, student, "Say hello."))[-1]
         assert done["metrics"]["model"] == (model or SMOL)
-        await ws.close()
 
 
 async def test_a_tutor_limits_the_length_of_its_replies(make_client: MakeClient) -> None:
@@ -281,13 +271,8 @@ async def test_a_tutor_limits_the_length_of_its_replies(make_client: MakeClient)
     for limit, expected in ((16, 16), (None, 40)):
         tutor = await create_tutor(client, admin, max_reply_tokens=limit, greeting="")
         assert tutor["max_reply_tokens"] == limit
-        session = await start_session(client, admin, tutor, student)
-        ws = await client.ws_connect(ws_path(session))
-        assert (await receive_json(ws))["type"] == "session"
-        await ws.send_json({"type": "text", "content": "Tell me everything."})
-        done = (await receive_until(ws, "response_done"))[-1]
+        done = (await ask_once(client, admin, tutor, student, "Tell me everything."))[-1]
         assert done["metrics"]["tokens"] == expected
-        await ws.close()
     # The engine checks it too (another web role, or a script, may call it).
     resp = await client.post(
         "/v1/sessions",

@@ -72,6 +72,23 @@ async def start_session(
     return await resp.json()
 
 
+async def ask_once(
+    client: TestClient, admin: dict[str, Any], tutor: dict, student: dict, question: str
+) -> list[dict[str, Any]]:
+    """Start a session of ``tutor`` for ``student``, ask one question on its socket, and
+    return every message after the ``session`` frame up to the reply's ``response_done``."""
+    from .conftest import receive_json, receive_until, ws_path
+
+    session = await start_session(client, admin, tutor, student)
+    ws = await client.ws_connect(ws_path(session))
+    try:
+        assert (await receive_json(ws))["type"] == "session"
+        await ws.send_json({"type": "text", "content": question})
+        return await receive_until(ws, "response_done", wait=120)
+    finally:
+        await ws.close()
+
+
 # --- against real processes (an aiohttp client session and a base URL) ----------------------
 
 
