@@ -64,6 +64,7 @@ from common import (  # noqa: E402
 )
 
 from tests.speech import silent_flac  # noqa: E402  (the bomb the voice tests send)
+from tutorsrv.engine.protocol import SUBPROTOCOL  # noqa: E402
 
 PASSWORD = "correct horse battery"
 
@@ -145,7 +146,7 @@ async def probe(http: aiohttp.ClientSession, victim: Org) -> dict[str, float | N
     if status != 201:
         return out
     out["start"] = time.monotonic() - t
-    async with http.ws_connect(session["engine_url"]) as ws:
+    async with http.ws_connect(session["engine_url"], protocols=[SUBPROTOCOL]) as ws:
         await ws.receive_json(timeout=60)
         t = time.monotonic()
         await ws.send_json({"type": "text", "content": "What is 2 plus 2?"})
@@ -205,7 +206,7 @@ async def audio_bomb(
     if status != 201:
         answers[f"session {status}"] += 1
         return
-    async with http.ws_connect(session["engine_url"]) as ws:
+    async with http.ws_connect(session["engine_url"], protocols=[SUBPROTOCOL]) as ws:
         while not stop.is_set():
             await ws.send_json({"type": "audio", "data": bomb})
             msg = await ws.receive(timeout=30)
@@ -224,7 +225,7 @@ async def history_flood(
     if status != 201:
         answers[f"session {status}"] += 1
         return
-    async with http.ws_connect(session["engine_url"]) as ws:
+    async with http.ws_connect(session["engine_url"], protocols=[SUBPROTOCOL]) as ws:
         n = 0
         while not stop.is_set():
             await ws.send_json({"type": "text", "content": f"{n} " + "x" * 3990})

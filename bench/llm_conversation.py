@@ -48,6 +48,7 @@ import psutil
 from common import cpu_model, fmt, free_port, launch_engine, percentile, stop_server, wait_healthy
 
 from tutorsrv.engine.llm.packaged import DEFAULT_MODEL
+from tutorsrv.engine.protocol import SUBPROTOCOL
 
 API_KEY = "bench-llm-conversation-key-0123456789"
 
@@ -146,7 +147,7 @@ async def converse(http: aiohttp.ClientSession, server: Any, args: argparse.Name
             headers=server.headers,
         ) as r:
             created = await r.json()
-        one = Student(await http.ws_connect(created["engine_url"]))
+        one = Student(await http.ws_connect(created["engine_url"], protocols=[SUBPROTOCOL]))
         await one.until("response_done")  # the greeting (fixed text, no model)
         sockets.append(one)
     # The students read the greeting before they ask: the engine reads each opening then.

@@ -48,6 +48,8 @@ from pathlib import Path
 
 import aiohttp
 
+from tutorsrv.engine.protocol import SUBPROTOCOL
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import Server, fmt, percentile, stop_server, wait_healthy
 from ws_sessions import (
@@ -87,7 +89,11 @@ async def connect(
     http: aiohttp.ClientSession, url: str, student: Student, wait: float
 ) -> aiohttp.ClientWebSocketResponse:
     ws = await http.ws_connect(
-        url, timeout=aiohttp.ClientWSTimeout(ws_close=5), max_msg_size=0, heartbeat=None
+        url,
+        timeout=aiohttp.ClientWSTimeout(ws_close=5),
+        max_msg_size=0,
+        heartbeat=None,
+        protocols=[SUBPROTOCOL],
     )
     student.ws = ws
     msg = await ws.receive_json(timeout=wait)

@@ -89,6 +89,7 @@ from common import (
     wait_healthy,
 )
 
+from tutorsrv.engine.protocol import SUBPROTOCOL
 from tutorsrv.engine.speech.pcm import resample, to_pcm
 
 RATE = 16000
@@ -398,6 +399,7 @@ async def open_client(
         max_msg_size=0,
         heartbeat=None,
         timeout=aiohttp.ClientWSTimeout(ws_close=5),
+        protocols=[SUBPROTOCOL],
     )
     rx = Receiver(ws)
     task = asyncio.create_task(rx.run(), name="receiver")

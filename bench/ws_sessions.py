@@ -63,6 +63,8 @@ from common import (
     wait_healthy,
 )
 
+from tutorsrv.engine.protocol import SUBPROTOCOL
+
 T = TypeVar("T")
 
 
@@ -203,6 +205,7 @@ async def run_size(
                 timeout=aiohttp.ClientWSTimeout(ws_close=5),
                 max_msg_size=0,
                 heartbeat=None,
+                protocols=[SUBPROTOCOL],
             )
             client.ws = ws
             msg = await ws.receive_json(timeout=args.step_timeout)

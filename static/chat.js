@@ -181,7 +181,8 @@ function connect() {
   clearTimeout(retryTimer);
   closeSocket();
   setConnection(retries ? `reconnecting (attempt ${retries} of ${MAX_RETRIES})…` : "connecting…");
-  const ws = new WebSocket(engineUrl);
+  // The subprotocol asks for the full protocol, speech frames included (docs/protocol.md).
+  const ws = new WebSocket(engineUrl, ["tutorsrv.v1"]);
   ws.binaryType = "arraybuffer";
   socket = ws;
   // Events of a socket that has been replaced are ignored: only the newest one counts.

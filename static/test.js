@@ -47,7 +47,7 @@ $("setup").addEventListener("submit", async (event) => {
 
 function connect() {
   setState("connecting");
-  socket = new WebSocket(engineUrl);
+  socket = new WebSocket(engineUrl, ["tutorsrv.v1"]);
   socket.onopen = () => setState("connected");
   socket.onclose = (event) => {
     setState(`closed (${event.code}${event.reason ? ": " + event.reason : ""})`);

@@ -13,6 +13,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from tutorsrv.engine.protocol import SUBPROTOCOL
+
 from .conftest import API_KEY, AUTH
 from .processes import TUTORSRV, clean_env, free_port
 
@@ -153,7 +155,7 @@ async def test_role_serves_and_stops_on_sigterm(
             async with http.post(base + "/v1/sessions", json=body, headers=headers) as resp:
                 assert resp.status == 201
                 session = await resp.json()
-            async with http.ws_connect(session["engine_url"]) as ws:
+            async with http.ws_connect(session["engine_url"], protocols=[SUBPROTOCOL]) as ws:
                 hello = await ws.receive_json(timeout=10)
                 assert hello["type"] == "session"
                 assert hello["audio"]["input"]["sample_rate"] == 16000

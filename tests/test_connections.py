@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tutorsrv.engine.protocol import SUBPROTOCOL
 from tutorsrv.logs import AcceptErrorThrottle
 
 from .conftest import AUTH
@@ -68,7 +69,7 @@ async def test_an_idle_connection_is_closed_and_a_websocket_is_not(tmp_path: Pat
             body = {"tutor_id": "t1", "student_id": "s1"}
             async with http.post(engine.base + "/v1/sessions", json=body, headers=AUTH) as r:
                 session = await r.json()
-            async with http.ws_connect(session["engine_url"]) as ws:
+            async with http.ws_connect(session["engine_url"], protocols=[SUBPROTOCOL]) as ws:
                 assert (await ws.receive_json(timeout=10))["type"] == "session"
                 await asyncio.sleep(2.5)
                 await ws.send_json({"type": "ping"})

@@ -4,6 +4,7 @@ student cannot grow what the model re-reads, or what every reconnect receives, w
 from __future__ import annotations
 
 from tutorsrv.appkeys import REGISTRY
+from tutorsrv.engine.protocol import SUBPROTOCOL
 from tutorsrv.registry import Message, Session, TutorProfile
 
 from .conftest import MakeClient, new_session, receive_json, receive_until, ws_path
@@ -52,7 +53,7 @@ async def test_a_flood_of_long_turns_keeps_the_history_and_the_session_frame_bou
         engine={"max_history_messages": 10, "max_history_chars": 20_000, "max_text_chars": 4000}
     )
     info = await new_session(client)
-    ws = await client.ws_connect(ws_path(info))
+    ws = await client.ws_connect(ws_path(info), protocols=[SUBPROTOCOL])
     await receive_json(ws)
     for i in range(30):
         await ws.send_json({"type": "text", "content": f"{i} " + "x" * 3990})
@@ -62,7 +63,7 @@ async def test_a_flood_of_long_turns_keeps_the_history_and_the_session_frame_bou
     assert len(history) <= 10 and sum(len(m.content) for m in history) <= 20_000
     assert history[0].role == "user" and history[-1].role == "assistant"
     assert history[-2].content.startswith("29 ")  # the newest exchange is the one kept
-    ws = await client.ws_connect(ws_path(info))
+    ws = await client.ws_connect(ws_path(info), protocols=[SUBPROTOCOL])
     hello = await receive_json(ws)
     assert len(hello["history"]) == len(history)
     await ws.close()

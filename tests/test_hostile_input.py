@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from aiohttp.test_utils import TestClient
 
+from tutorsrv.engine.protocol import SUBPROTOCOL
+
 from .conftest import MakeClient, new_session, receive_json, receive_until, ws_path
 from .web_helpers import register_admin
 
@@ -25,7 +27,7 @@ async def test_a_lone_surrogate_in_a_turn_is_refused_and_the_session_stays_usabl
     client: TestClient,
 ) -> None:
     session = await new_session(client)
-    ws = await client.ws_connect(ws_path(session))
+    ws = await client.ws_connect(ws_path(session), protocols=[SUBPROTOCOL])
     await receive_json(ws)
     await ws.send_str('{"type": "text", "content": ' + SURROGATE + "}")
     error = await receive_json(ws)
@@ -35,7 +37,7 @@ async def test_a_lone_surrogate_in_a_turn_is_refused_and_the_session_stays_usabl
     assert any(m["type"] == "text" for m in done)
     await ws.close()
     # A reconnect (which sends the whole history back) works too.
-    ws = await client.ws_connect(ws_path(session))
+    ws = await client.ws_connect(ws_path(session), protocols=[SUBPROTOCOL])
     hello = await receive_json(ws)
     assert hello["type"] == "session" and hello["resumed"] is True
     assert [m["content"] for m in hello["history"] if m["role"] == "user"] == ["Hello again"]
@@ -46,7 +48,7 @@ async def test_huge_integers_and_deep_nesting_on_the_socket_are_invalid_json(
     client: TestClient,
 ) -> None:
     session = await new_session(client)
-    ws = await client.ws_connect(ws_path(session))
+    ws = await client.ws_connect(ws_path(session), protocols=[SUBPROTOCOL])
     await receive_json(ws)
     for raw in ('{"type": "played", "response_id": "r", "audio_ms": ' + HUGE + "}", DEEP):
         await ws.send_str(raw)

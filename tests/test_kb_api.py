@@ -12,6 +12,7 @@ import aiohttp
 from aiohttp.test_utils import TestClient
 
 from tutorsrv.appkeys import DB, INGESTOR
+from tutorsrv.engine.protocol import SUBPROTOCOL
 from tutorsrv.web import rag
 
 from .conftest import MakeClient, receive_json, receive_until, ws_path
@@ -86,7 +87,7 @@ async def count(client: TestClient, table: str, column: str, value: Any) -> int:
 
 async def open_turn(client: TestClient, session: dict, question: str) -> list[dict[str, Any]]:
     """Connect, ask one question, and return every frame up to the end of the reply."""
-    ws = await client.ws_connect(ws_path(session))
+    ws = await client.ws_connect(ws_path(session), protocols=[SUBPROTOCOL])
     try:
         await receive_json(ws)  # the session's opening frame
         await ws.send_json({"type": "text", "content": question})

@@ -7,6 +7,8 @@ import asyncio
 import aiohttp
 from aiohttp.test_utils import TestClient
 
+from tutorsrv.engine.protocol import SUBPROTOCOL
+
 from .conftest import MakeClient, receive_json, receive_until, ws_path
 from .web_helpers import create_student, create_tutor, register_admin, start_session
 
@@ -43,7 +45,7 @@ async def test_turn_uses_the_tutors_knowledge_base(make_client: MakeClient) -> N
     tutor = await create_tutor(client, admin, kb_id=kb["id"], greeting="")
     student = await create_student(client, admin)
     session = await start_session(client, admin, tutor, student)
-    ws = await client.ws_connect(ws_path(session))
+    ws = await client.ws_connect(ws_path(session), protocols=[SUBPROTOCOL])
     await receive_json(ws)
     await ws.send_json({"type": "text", "content": "What is the powerhouse of the cell?"})
     messages = await receive_until(ws, "response_done")

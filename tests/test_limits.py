@@ -13,6 +13,7 @@ import pytest
 from aiohttp.test_utils import TestClient, make_mocked_request
 
 from tutorsrv import limits
+from tutorsrv.engine.protocol import SUBPROTOCOL
 from tutorsrv.limits import MessageRate, RateLimiter, TokenBucket, Verdict, client_ip
 
 from .conftest import AUTH, MakeClient, expect_close, new_session, receive_json, ws_path
@@ -294,7 +295,7 @@ async def test_session_starts_limited_per_account_and_per_ip(
 
 
 async def connect(client: TestClient, session: dict[str, Any]) -> aiohttp.ClientWebSocketResponse:
-    ws = await client.ws_connect(ws_path(session))
+    ws = await client.ws_connect(ws_path(session), protocols=[SUBPROTOCOL])
     assert (await receive_json(ws))["type"] == "session"
     return ws
 
@@ -424,10 +425,10 @@ async def test_engine_socket_origins(make_client: MakeClient) -> None:
     resp = await client.get(ws_path(session), headers=upgrade_headers(EVIL))
     await error_of(resp, 403, "origin_not_allowed")
     with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
-        await client.ws_connect(ws_path(session), origin=EVIL)
+        await client.ws_connect(ws_path(session), origin=EVIL, protocols=[SUBPROTOCOL])
     assert refused.value.status == 403
     for origin in (ALLOWED, None):
-        ws = await client.ws_connect(ws_path(session), origin=origin)
+        ws = await client.ws_connect(ws_path(session), origin=origin, protocols=[SUBPROTOCOL])
         assert (await receive_json(ws))["type"] == "session"
         await ws.close()
 
@@ -442,7 +443,7 @@ async def test_proxy_socket_origins(make_client: MakeClient) -> None:
     resp = await client.get(path, headers=upgrade_headers(EVIL))
     await error_of(resp, 403, "origin_not_allowed")
     # Without an Origin the upgrade goes ahead (and the unknown session is refused on it).
-    ws = await client.ws_connect(path)
+    ws = await client.ws_connect(path, protocols=[SUBPROTOCOL])
     code, before = await expect_close(ws)
     assert code == 4404 and before[-1]["code"] == "unknown_session"
 

@@ -7,6 +7,7 @@ from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from tutorsrv.appkeys import ENGINE_API_KEY
+from tutorsrv.engine.protocol import SUBPROTOCOL
 
 from .conftest import (
     API_KEY,
@@ -77,7 +78,7 @@ async def test_engine_metrics_move_by_exactly_what_happened(make_client: MakeCli
     )
     assert refused.status == 503
 
-    ws = await client.ws_connect(ws_path(session))
+    ws = await client.ws_connect(ws_path(session), protocols=[SUBPROTOCOL])
     assert (await receive_json(ws))["type"] == "session"
     live = await scrape(client)
     assert live.get("tutorsrv_sessions_live") == 1
@@ -173,7 +174,7 @@ async def test_all_role_metrics_include_the_backplane(make_client: MakeClient) -
     session = await new_session(client)
     sid, token = session["session_id"], session["engine_token"]
 
-    ws = await client.ws_connect(ws_path(session))
+    ws = await client.ws_connect(ws_path(session), protocols=[SUBPROTOCOL])
     assert (await receive_json(ws))["type"] == "session"
     await ws.send_json({"type": "text", "content": "Hello"})
     done = (await receive_until(ws, "response_done"))[-1]

@@ -15,6 +15,7 @@ import pytest
 from tutorsrv.appkeys import LLM, REGISTRY
 from tutorsrv.engine.llm.base import GenerationStats, LLMLoadError, LLMUnavailable
 from tutorsrv.engine.llm.model_process import LlamaCppProcessBackend, describe_exit
+from tutorsrv.engine.protocol import SUBPROTOCOL
 
 from .conftest import (
     AUTH,
@@ -42,7 +43,7 @@ async def test_a_crash_of_the_model_ends_one_reply_and_the_session_goes_on(
     first_pid = llm.pid
     assert first_pid is not None and first_pid != os.getpid()
     session = await new_session(client)
-    ws = await client.ws_connect(ws_path(session))
+    ws = await client.ws_connect(ws_path(session), protocols=[SUBPROTOCOL])
     await receive_json(ws)
     await ws.send_json({"type": "text", "content": "What is two plus two?"})
     await receive_until(ws, "response_done", wait=60)
@@ -162,7 +163,7 @@ async def test_ctrl_c_to_the_process_group_lets_the_reply_in_progress_finish(
             body = {"tutor_id": "t1", "student_id": "s1"}
             async with http.post(engine.base + "/v1/sessions", json=body, headers=AUTH) as resp:
                 session = await resp.json()
-            async with http.ws_connect(session["engine_url"]) as ws:
+            async with http.ws_connect(session["engine_url"], protocols=[SUBPROTOCOL]) as ws:
                 assert (await receive_json(ws))["type"] == "session"
                 await ws.send_json({"type": "text", "content": LONG})
                 assert (await receive_json(ws, wait=60))["type"] == "text_stream"

@@ -16,6 +16,7 @@ from tutorsrv.cli import main as cli_main
 from tutorsrv.engine.llm import packaged
 from tutorsrv.engine.llm.base import ChatMessage, GenerationStats, LLMLoadError
 from tutorsrv.engine.llm.llamacpp import LlamaCppBackend
+from tutorsrv.engine.protocol import SUBPROTOCOL
 
 from .conftest import AUTH, MakeClient, new_session, receive_json, receive_until, ws_path
 from .web_helpers import ask_once, create_student, create_tutor, register_admin
@@ -180,7 +181,7 @@ async def test_sessions_on_the_engine_keep_their_state_through_the_model_process
     sockets = []
     for student in ("s1", "s2"):
         session = await new_session(client, student_id=student, tutor=tutor)
-        ws = await client.ws_connect(ws_path(session))
+        ws = await client.ws_connect(ws_path(session), protocols=[SUBPROTOCOL])
         assert (await receive_json(ws))["type"] == "session"
         await receive_until(ws, "response_done", wait=60)  # the greeting
         sockets.append(ws)

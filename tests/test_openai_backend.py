@@ -11,6 +11,7 @@ import pytest
 from tutorsrv.appkeys import LLM
 from tutorsrv.engine.llm.base import GenerationStats, LLMLoadError
 from tutorsrv.engine.llm.openai import OpenAIBackend, UpstreamError
+from tutorsrv.engine.protocol import SUBPROTOCOL
 
 from .conftest import MakeClient, new_session, receive_json, receive_until, ws_path
 from .llama_server import llama_server
@@ -72,7 +73,7 @@ async def test_engine_turn_through_the_openai_backend(
     )
     assert client.server.app[LLM].name == "openai"
     session = await new_session(client)
-    ws = await client.ws_connect(ws_path(session))
+    ws = await client.ws_connect(ws_path(session), protocols=[SUBPROTOCOL])
     await receive_json(ws)
     await ws.send_json({"type": "text", "content": "Say hello."})
     messages = await receive_until(ws, "response_done", wait=60)
@@ -122,7 +123,7 @@ async def test_model_server_killed_mid_reply_ends_the_turn_in_seconds(
             }
         )
         session = await new_session(client)
-        ws = await client.ws_connect(ws_path(session))
+        ws = await client.ws_connect(ws_path(session), protocols=[SUBPROTOCOL])
         await receive_json(ws)
         await ws.send_json({"type": "text", "content": "Count slowly from one to a hundred."})
         assert (await receive_json(ws, wait=60))["type"] == "text_stream"

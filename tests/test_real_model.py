@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestClient
 from tutorsrv.appkeys import LLM, REGISTRY
 from tutorsrv.engine.llm.base import GenerationStats
 from tutorsrv.engine.llm.llamacpp import PROMPT_SLICE, LlamaCppBackend
+from tutorsrv.engine.protocol import SUBPROTOCOL
 
 from .conftest import MakeClient, new_session, receive_json, receive_until, ws_path
 
@@ -32,7 +33,7 @@ async def test_real_model_streams_a_reply_over_the_websocket(real_client: TestCl
     session = await new_session(
         real_client, tutor={"system_prompt": "You are a maths tutor. Answer briefly."}
     )
-    ws = await real_client.ws_connect(ws_path(session))
+    ws = await real_client.ws_connect(ws_path(session), protocols=[SUBPROTOCOL])
     assert (await receive_json(ws))["type"] == "session"
     await ws.send_json({"type": "text", "content": "What is two plus two?"})
     messages = await receive_until(ws, "response_done", wait=120)
@@ -57,7 +58,7 @@ async def test_real_model_streams_a_reply_over_the_websocket(real_client: TestCl
 
 async def test_real_model_interrupt_frees_the_model(real_client: TestClient) -> None:
     session = await new_session(real_client)
-    ws = await real_client.ws_connect(ws_path(session))
+    ws = await real_client.ws_connect(ws_path(session), protocols=[SUBPROTOCOL])
     await receive_json(ws)
     await ws.send_json({"type": "text", "content": "Write a long story about a dragon."})
     first = await receive_json(ws, wait=120)
@@ -169,7 +170,7 @@ async def test_real_model_answers_with_course_material(make_client: MakeClient) 
     tutor = await create_tutor(client, admin, kb_id=kb["id"], greeting="")
     student = await create_student(client, admin)
     session = await start_session(client, admin, tutor, student)
-    ws = await client.ws_connect(ws_path(session))
+    ws = await client.ws_connect(ws_path(session), protocols=[SUBPROTOCOL])
     await receive_json(ws)
     await ws.send_json({"type": "text", "content": "Why is Mars called the Red Planet?"})
     messages = await receive_until(ws, "response_done", wait=120)

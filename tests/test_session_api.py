@@ -55,8 +55,16 @@ async def test_session_api_needs_the_service_key(
 
 async def test_create_session_returns_a_usable_engine_url(client: TestClient) -> None:
     body = await new_session(client, kb_id="kb7", tutor={"name": "Ada", "greeting": "Hi"})
-    assert set(body) == {"session_id", "engine_url", "engine_token", "status", "expires_at"}
-    assert body["status"] == "created"
+    assert set(body) == {
+        "session_id",
+        "engine_url",
+        "engine_token",
+        "status",
+        "connection",
+        "expires_at",
+    }
+    # "active" is the old API's word (its clients check it); ours is "connection".
+    assert body["status"] == "active" and body["connection"] == "created"
     url = urlsplit(body["engine_url"])
     assert url.scheme == "ws"
     assert url.netloc == f"{client.server.host}:{client.server.port}"
@@ -139,7 +147,8 @@ async def test_list_get_and_delete_never_show_tokens(client: TestClient) -> None
     resp = await client.get(f"/v1/sessions/{created['session_id']}", headers=AUTH)
     one = await resp.json()
     assert token not in await resp.text()
-    assert one["status"] == "created" and one["history"] == []
+    assert one["status"] == "active" and one["connection"] == "created"
+    assert one["history"] == []
 
     resp = await client.delete(f"/v1/sessions/{created['session_id']}", headers=AUTH)
     assert resp.status == 204

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from aiohttp.test_utils import TestClient
 
+from tutorsrv.engine.protocol import SUBPROTOCOL
 from tutorsrv.registry import SessionQuota, SessionRegistry, TokenSigner
 
 from .conftest import MakeClient, receive_json, ws_path
@@ -91,7 +92,7 @@ async def test_the_api_answers_429_when_the_students_sessions_are_all_in_use(
     tutor = await create_tutor(client, admin)
     student = await create_student(client, admin)
     session = await start_session(client, admin, tutor, student)
-    ws = await client.ws_connect(ws_path(session))
+    ws = await client.ws_connect(ws_path(session), protocols=[SUBPROTOCOL])
     assert (await receive_json(ws))["type"] == "session"
     resp = await client.post(
         f"/api/tutors/{tutor['id']}/sessions",

@@ -12,6 +12,8 @@ from typing import Any
 import aiohttp
 from aiohttp import WSMsgType
 
+from tutorsrv.engine.protocol import SUBPROTOCOL
+
 from .conftest import AUTH, MakeClient, expect_close, new_session, receive_json, ws_path
 from .processes import ServerProcess
 from .test_split_deployment import open_session, set_up_tenant, transcript
@@ -38,7 +40,7 @@ async def test_reply_that_fits_the_grace_finishes_before_the_1001_close(
     )
     session = await new_session(client)
     spare = await new_session(client, student_id="s2")  # created, never connected
-    ws = await client.ws_connect(ws_path(session))
+    ws = await client.ws_connect(ws_path(session), protocols=[SUBPROTOCOL])
     assert (await receive_json(ws))["type"] == "session"
     await ws.send_json({"type": "text", "content": "hello"})
     first = await receive_json(ws)
@@ -61,7 +63,7 @@ async def test_reply_that_fits_the_grace_finishes_before_the_1001_close(
     assert resp.status == 503
     assert (await resp.json())["error"] == "shutting_down"
     assert int(resp.headers["Retry-After"]) >= 1
-    late = await client.ws_connect(ws_path(spare))
+    late = await client.ws_connect(ws_path(spare), protocols=[SUBPROTOCOL])
     code, before = await expect_close(late)
     assert code == 1001 and before[-1]["code"] == "shutting_down", before
     await ws.send_json({"type": "text", "content": "one more"})
@@ -97,7 +99,7 @@ async def test_reply_longer_than_the_grace_is_interrupted_then_closed(
         server={"shutdown_grace_seconds": 0.5},
     )
     session = await new_session(client)
-    ws = await client.ws_connect(ws_path(session))
+    ws = await client.ws_connect(ws_path(session), protocols=[SUBPROTOCOL])
     assert (await receive_json(ws))["type"] == "session"
     await ws.send_json({"type": "text", "content": "a long one"})
     first = await receive_json(ws)
@@ -127,7 +129,7 @@ async def test_reply_longer_than_the_grace_is_interrupted_then_closed(
 async def test_idle_sockets_close_without_waiting_for_the_grace(make_client: MakeClient) -> None:
     client = await make_client(server={"shutdown_grace_seconds": 30})
     session = await new_session(client)
-    ws = await client.ws_connect(ws_path(session))
+    ws = await client.ws_connect(ws_path(session), protocols=[SUBPROTOCOL])
     assert (await receive_json(ws))["type"] == "session"
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -159,7 +161,7 @@ async def test_sigterm_lets_the_reply_finish_and_stores_it(
             tenant = await set_up_tenant(http, server.base)
             status, session = await open_session(http, server.base, tenant)
             assert status == 201, session
-            async with http.ws_connect(session["engine_url"]) as ws:
+            async with http.ws_connect(session["engine_url"], protocols=[SUBPROTOCOL]) as ws:
                 assert (await ws.receive_json(timeout=10))["type"] == "session"
                 while (await ws.receive_json(timeout=10))["type"] != "response_done":
                     pass  # the greeting

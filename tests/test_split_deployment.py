@@ -9,6 +9,8 @@ from typing import Any
 
 import aiohttp
 
+from tutorsrv.engine.protocol import SUBPROTOCOL
+
 from .conftest import API_KEY, JWT_SECRET
 from .processes import ServerProcess, web_and_engine
 from .web_helpers import PASSWORD, call, set_up_tenant
@@ -33,7 +35,7 @@ async def open_session(http: aiohttp.ClientSession, base: str, t: dict[str, Any]
 
 async def talk(http: aiohttp.ClientSession, engine_url: str) -> str:
     """Greeting, one full turn, one interrupted turn. Returns the interrupted response id."""
-    async with http.ws_connect(engine_url) as ws:
+    async with http.ws_connect(engine_url, protocols=[SUBPROTOCOL]) as ws:
         assert (await ws.receive_json(timeout=10))["type"] == "session"
         while (await ws.receive_json(timeout=10))["type"] != "response_done":
             pass
@@ -88,7 +90,7 @@ async def check_knowledge_base(http: aiohttp.ClientSession, base: str, t: dict) 
         json={"student_id": t["student"]["id"], "kb_id": kb["id"]},
     )
     assert status == 201, session
-    async with http.ws_connect(session["engine_url"]) as ws:
+    async with http.ws_connect(session["engine_url"], protocols=[SUBPROTOCOL]) as ws:
         assert (await ws.receive_json(timeout=10))["type"] == "session"
         while (await ws.receive_json(timeout=10))["type"] != "response_done":
             pass  # the greeting

@@ -16,6 +16,7 @@ from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient
 
 from tutorsrv.appkeys import TRANSCRIBER
+from tutorsrv.engine.protocol import SUBPROTOCOL
 from tutorsrv.engine.speech.pcm import resample, to_float
 from tutorsrv.engine.voice_input import MAX_WAITING_UTTERANCES
 
@@ -56,7 +57,7 @@ async def voice_client(
 
 async def open_socket(client: TestClient, **body):
     session = await new_session(client, **body)
-    ws = await client.ws_connect(ws_path(session))
+    ws = await client.ws_connect(ws_path(session), protocols=[SUBPROTOCOL])
     hello = await receive_json(ws)
     assert hello["type"] == "session"
     return ws, hello, session
@@ -126,7 +127,7 @@ async def test_spoken_turn_is_transcribed_answered_and_spoken(make_client: MakeC
 async def test_greeting_is_spoken_on_connect(make_client: MakeClient) -> None:
     client = await voice_client(make_client)
     session = await new_session(client, tutor={"name": "Ada", "greeting": "Hello, I am Ada."})
-    ws = await client.ws_connect(ws_path(session))
+    ws = await client.ws_connect(ws_path(session), protocols=[SUBPROTOCOL])
     heard = await receive_until(ws, "response_done")
     start, end = heard.index("audio_start"), heard.index("audio_end")
     assert len(heard.audio_between(start, end)) > 22050  # more than half a second of speech
@@ -224,7 +225,7 @@ async def test_played_trims_history_and_transcript_to_what_was_heard(
     tutor = await create_tutor(client, admin, greeting="")
     student = await create_student(client, admin)
     session = await start_session(client, admin, tutor, student)
-    ws = await client.ws_connect(ws_path(session))
+    ws = await client.ws_connect(ws_path(session), protocols=[SUBPROTOCOL])
     await receive_until(ws, "session")
     await ws.send_json({"type": "text", "content": "Explain fractions"})
     heard = await receive_until(ws, "response_done")

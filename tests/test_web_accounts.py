@@ -15,6 +15,8 @@ import jwt
 import pytest
 from aiohttp.test_utils import TestClient
 
+from tutorsrv.engine.protocol import SUBPROTOCOL
+
 from .conftest import JWT_SECRET, MakeClient, receive_json, ws_path
 from .web_helpers import (
     PASSWORD,
@@ -593,7 +595,7 @@ async def test_student_starts_a_session_for_itself(make_client: MakeClient) -> N
     assert row["status"] == "active"
 
     # And the engine session it was handed is live.
-    ws = await client.ws_connect(ws_path(session))
+    ws = await client.ws_connect(ws_path(session), protocols=[SUBPROTOCOL])
     try:
         first = await receive_json(ws)
         assert first["type"] == "session"
@@ -677,7 +679,7 @@ async def test_student_sees_only_its_own_sessions(make_client: MakeClient) -> No
     )
     assert seen.status == 200
     assert (await seen.json())["status"] == "active"
-    ws = await client.ws_connect(ws_path(theirs))
+    ws = await client.ws_connect(ws_path(theirs), protocols=[SUBPROTOCOL])
     try:
         assert (await receive_json(ws))["type"] == "session"
     finally:

@@ -8,6 +8,7 @@ import time
 from aiohttp.test_utils import TestClient
 
 from tutorsrv.appkeys import REGISTRY
+from tutorsrv.engine.protocol import SUBPROTOCOL
 
 from .conftest import AUTH, MakeClient, expect_close, receive_json, ws_path
 from .web_helpers import create_student, create_tutor, register_admin, start_session
@@ -21,7 +22,7 @@ async def test_ending_a_session_closes_its_socket_and_keeps_its_transcript(
     tutor = await create_tutor(client, admin)
     student = await create_student(client, admin)
     session = await start_session(client, admin, tutor, student)
-    ws = await client.ws_connect(ws_path(session))
+    ws = await client.ws_connect(ws_path(session), protocols=[SUBPROTOCOL])
     assert (await receive_json(ws))["type"] == "session"
 
     # The old web server's path still works.
@@ -90,7 +91,7 @@ async def test_deleting_a_tutor_or_student_ends_their_live_sessions(
     by_student = await start_session(client, admin, other_tutor, student)
     sockets = []
     for session in (by_tutor, by_student):
-        ws = await client.ws_connect(ws_path(session))
+        ws = await client.ws_connect(ws_path(session), protocols=[SUBPROTOCOL])
         assert (await receive_json(ws))["type"] == "session"
         sockets.append(ws)
 
@@ -111,7 +112,7 @@ async def test_the_web_record_follows_the_engine_when_it_expires_a_session(
     tutor = await create_tutor(client, admin)
     student = await create_student(client, admin)
     session = await start_session(client, admin, tutor, student)
-    ws = await client.ws_connect(ws_path(session))
+    ws = await client.ws_connect(ws_path(session), protocols=[SUBPROTOCOL])
     assert (await receive_json(ws))["type"] == "session"
     assert (await expect_close(ws))[0] == 4408  # the reaper, on the engine's clock
 

@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from tutorsrv.engine.protocol import SUBPROTOCOL
+
 from .conftest import MakeClient, receive_json, ws_path
 from .web_helpers import (
     PASSWORD,
@@ -122,7 +124,7 @@ async def _assert_a_unchanged(client: TestClient, w: dict[str, Any]) -> None:
     assert after == before
     await student_login(client, w["a_student"])
 
-    ws = await client.ws_connect(ws_path(w["a_session"]))
+    ws = await client.ws_connect(ws_path(w["a_session"]), protocols=[SUBPROTOCOL])
     try:
         first = await receive_json(ws)
         assert first["type"] == "session", first

@@ -9,6 +9,7 @@ from aiohttp.test_utils import TestClient
 
 from tutorsrv.appkeys import BACKPLANE, DB
 from tutorsrv.backplane import TurnRecord
+from tutorsrv.engine.protocol import SUBPROTOCOL
 
 from .conftest import AUTH, MakeClient, eventually, receive_json, receive_until, ws_path
 from .web_helpers import create_student, create_tutor, register_admin, start_session
@@ -32,7 +33,7 @@ async def setup_session(client: TestClient) -> tuple[dict, dict]:
 async def test_turns_are_stored_including_an_interrupted_one(make_client: MakeClient) -> None:
     client = await make_client("all", llm=SLOW)
     admin, session = await setup_session(client)
-    ws = await client.ws_connect(ws_path(session))
+    ws = await client.ws_connect(ws_path(session), protocols=[SUBPROTOCOL])
     await receive_json(ws)
     await receive_until(ws, "response_done")  # the greeting
 
@@ -148,7 +149,7 @@ async def test_database_outage_loses_no_turn(make_client: MakeClient, postgres_u
     db = client.server.app[DB]
     name = await db.fetchval("SELECT current_database()")
 
-    ws = await client.ws_connect(ws_path(session))
+    ws = await client.ws_connect(ws_path(session), protocols=[SUBPROTOCOL])
     await receive_json(ws)
     await receive_until(ws, "response_done")  # greeting, stored while the database is up
 
@@ -198,7 +199,7 @@ async def test_sessions_opened_directly_on_the_engine_are_not_persisted(
         "/v1/sessions", json={"tutor_id": "page", "student_id": str(uuid.uuid4())}, headers=AUTH
     )
     session = await resp.json()
-    ws = await client.ws_connect(ws_path(session))
+    ws = await client.ws_connect(ws_path(session), protocols=[SUBPROTOCOL])
     await receive_json(ws)
     await ws.send_json({"type": "text", "content": "hi"})
     await receive_until(ws, "response_done")

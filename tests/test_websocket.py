@@ -11,6 +11,7 @@ from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient
 
 from tutorsrv.appkeys import LLM, REGISTRY
+from tutorsrv.engine.protocol import SUBPROTOCOL
 from tutorsrv.registry import TokenSigner
 
 from .conftest import (
@@ -28,7 +29,7 @@ SLOW = {"scripted_token_count": 400, "scripted_token_delay_ms": 20.0}
 
 
 async def connect(client: TestClient, session: dict[str, Any]):
-    ws = await client.ws_connect(ws_path(session))
+    ws = await client.ws_connect(ws_path(session), protocols=[SUBPROTOCOL])
     hello = await receive_json(ws)
     assert hello["type"] == "session"
     return ws, hello
@@ -214,7 +215,7 @@ async def test_delete_closes_the_live_socket_with_4410(client: TestClient) -> No
     assert before[-1]["code"] == "session_ended" and before[-1]["fatal"] is True
 
     # Coming back with the same (still signed, unexpired) token: ended, not unknown.
-    again = await client.ws_connect(ws_path(session))
+    again = await client.ws_connect(ws_path(session), protocols=[SUBPROTOCOL])
     code, _ = await expect_close(again)
     assert code == 4410
 
@@ -271,7 +272,7 @@ async def test_bad_tokens_are_refused(client: TestClient, make_token, code: int)
     session = await new_session(client)
     token = make_token(session)
     path = f"/ws/ws/{session['session_id']}" + ("" if token is None else f"?token={token}")
-    ws = await client.ws_connect(path)
+    ws = await client.ws_connect(path, protocols=[SUBPROTOCOL])
     got, before = await expect_close(ws)
     assert got == code
     assert before == [
@@ -290,7 +291,9 @@ async def test_unsigned_alg_none_token_is_refused(client: TestClient) -> None:
         key=None,
         algorithm="none",
     )
-    ws = await client.ws_connect(f"/ws/ws/{session['session_id']}?token={forged}")
+    ws = await client.ws_connect(
+        f"/ws/ws/{session['session_id']}?token={forged}", protocols=[SUBPROTOCOL]
+    )
     code, _ = await expect_close(ws)
     assert code == 4401
 
@@ -298,7 +301,9 @@ async def test_unsigned_alg_none_token_is_refused(client: TestClient) -> None:
 async def test_token_for_another_session_is_4403(client: TestClient) -> None:
     one = await new_session(client)
     two = await new_session(client)
-    ws = await client.ws_connect(f"/ws/ws/{one['session_id']}?token={two['engine_token']}")
+    ws = await client.ws_connect(
+        f"/ws/ws/{one['session_id']}?token={two['engine_token']}", protocols=[SUBPROTOCOL]
+    )
     code, before = await expect_close(ws)
     assert code == 4403
     assert before[0]["code"] == "wrong_session"
@@ -308,7 +313,9 @@ async def test_expired_token_is_4408(client: TestClient) -> None:
     session = await new_session(client)
     signer = client.server.app[REGISTRY].signer
     stale = signer.issue(session["session_id"], time.time() - 5)
-    ws = await client.ws_connect(f"/ws/ws/{session['session_id']}?token={stale}")
+    ws = await client.ws_connect(
+        f"/ws/ws/{session['session_id']}?token={stale}", protocols=[SUBPROTOCOL]
+    )
     code, _ = await expect_close(ws)
     assert code == 4408
 
@@ -316,7 +323,7 @@ async def test_expired_token_is_4408(client: TestClient) -> None:
 async def test_valid_token_for_unknown_session_is_4404(client: TestClient) -> None:
     signer = client.server.app[REGISTRY].signer
     token = signer.issue("0" * 32, time.time() + 60)
-    ws = await client.ws_connect(f"/ws/ws/{'0' * 32}?token={token}")
+    ws = await client.ws_connect(f"/ws/ws/{'0' * 32}?token={token}", protocols=[SUBPROTOCOL])
     code, before = await expect_close(ws)
     assert code == 4404
     assert before[0]["code"] == "unknown_session"

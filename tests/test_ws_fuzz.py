@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tutorsrv.app import create_app
+from tutorsrv.engine.protocol import SUBPROTOCOL
 
 from .conftest import AUTH, make_config, new_session, receive_until, ws_path
 
@@ -124,7 +125,7 @@ async def read_until_quiet(ws: ClientWebSocketResponse) -> list[dict[str, Any]]:
 
 async def run_example(client: TestClient, frames: list[tuple[str, Any]], n: int) -> None:
     session = await new_session(client, student_id=f"fuzz-{n}")
-    ws = await client.ws_connect(ws_path(session))
+    ws = await client.ws_connect(ws_path(session), protocols=[SUBPROTOCOL])
     replies: list[dict[str, Any]] = []
     close_code: int | None = None
     try:
@@ -180,7 +181,7 @@ async def start_engine(tmp_path: Path) -> TestClient:
 
 async def connect(client: TestClient, student_id: str) -> ClientWebSocketResponse:
     session = await new_session(client, student_id=student_id)
-    ws = await client.ws_connect(ws_path(session))
+    ws = await client.ws_connect(ws_path(session), protocols=[SUBPROTOCOL])
     assert (await ws.receive_json(timeout=10))["type"] == "session"
     return ws
 

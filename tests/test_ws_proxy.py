@@ -10,6 +10,7 @@ from urllib.parse import quote
 
 import aiohttp
 
+from tutorsrv.engine.protocol import SUBPROTOCOL
 from tutorsrv.web.proxy import engine_socket_url
 
 from .conftest import (
@@ -101,7 +102,7 @@ async def test_web_role_proxies_the_session_websocket(tmp_path: Path, database_u
             sid2 = behind_tls["session_id"]
             assert behind_tls["engine_url"].startswith(f"wss://tutors.example/ws/ws/{sid2}?token=")
 
-            async with http.ws_connect(session["engine_url"]) as ws:
+            async with http.ws_connect(session["engine_url"], protocols=[SUBPROTOCOL]) as ws:
                 hello = await receive_json(ws)
                 assert hello["type"] == "session" and hello["session_id"] == sid
                 await receive_until(ws, "response_done")  # the greeting
@@ -131,19 +132,23 @@ async def test_web_role_proxies_the_session_websocket(tmp_path: Path, database_u
                 assert before[-1]["type"] == "error" and before[-1]["code"] == "session_ended"
 
             # A wrong token: the engine's 4401 reaches the browser.
-            async with http.ws_connect(f"{web_ws}/ws/ws/{sid2}?token=not-a-token") as ws:
+            async with http.ws_connect(
+                f"{web_ws}/ws/ws/{sid2}?token=not-a-token", protocols=[SUBPROTOCOL]
+            ) as ws:
                 code, before = await expect_close(ws)
                 assert code == 4401 and before[-1]["code"] == "invalid_token", (code, before)
             # An unknown session: 4404, answered by the web role itself.
             for unknown in ("0" * 32, "not-a-session-id"):
-                async with http.ws_connect(f"{web_ws}/ws/ws/{unknown}?token=x") as ws:
+                async with http.ws_connect(
+                    f"{web_ws}/ws/ws/{unknown}?token=x", protocols=[SUBPROTOCOL]
+                ) as ws:
                     code, before = await expect_close(ws)
                     assert code == 4404 and before[-1]["code"] == "unknown_session"
                     assert before[-1]["fatal"] is True
 
             # The browser leaves mid-reply: the engine stops generating.
             url2 = behind_tls["engine_url"].replace("wss://tutors.example", web_ws, 1)
-            async with http.ws_connect(url2) as ws:
+            async with http.ws_connect(url2, protocols=[SUBPROTOCOL]) as ws:
                 assert (await receive_json(ws))["type"] == "session"
                 await receive_until(ws, "response_done")
                 await ws.send_json({"type": "text", "content": "a long answer please"})
@@ -160,14 +165,14 @@ async def test_web_role_proxies_the_session_websocket(tmp_path: Path, database_u
             assert last.get("interrupted") is True, history
 
             # A frame over the limit closes the socket with 1009, like the engine does.
-            async with http.ws_connect(url2) as ws:
+            async with http.ws_connect(url2, protocols=[SUBPROTOCOL]) as ws:
                 assert (await receive_json(ws))["type"] == "session"
                 await ws.send_bytes(bytes(5000))
                 code, _ = await expect_close(ws)
                 assert code == 1009
 
             # The web role stopping closes proxied sockets with 1001, and exits promptly.
-            async with http.ws_connect(url2) as ws:
+            async with http.ws_connect(url2, protocols=[SUBPROTOCOL]) as ws:
                 assert (await receive_json(ws))["type"] == "session"
                 started = time.monotonic()
                 stopping = asyncio.create_task(asyncio.to_thread(web.stop))
@@ -178,13 +183,13 @@ async def test_web_role_proxies_the_session_websocket(tmp_path: Path, database_u
 
             # The engine dies under a proxied socket: 1011 with engine_unavailable.
             await web.start()
-            async with http.ws_connect(url2) as ws:
+            async with http.ws_connect(url2, protocols=[SUBPROTOCOL]) as ws:
                 assert (await receive_json(ws))["type"] == "session"
                 engine.kill()
                 code, before = await expect_close(ws)
                 assert code == 1011 and before[-1]["code"] == "engine_unavailable", (code, before)
             # An engine that does not answer: 1013 (try again later) with engine_unavailable.
-            async with http.ws_connect(url2) as ws:
+            async with http.ws_connect(url2, protocols=[SUBPROTOCOL]) as ws:
                 code, before = await expect_close(ws)
                 assert code == 1013 and before[-1]["code"] == "engine_unavailable", (code, before)
         assert web.stop() == 0
@@ -221,6 +226,35 @@ async def test_the_all_role_ignores_proxy_websocket(make_client: MakeClient) -> 
     assert session["engine_url"].startswith(
         f"wss://tutor.school.example/ws/ws/{session['session_id']}?token="
     )
-    ws = await client.ws_connect(ws_path(session))
+    ws = await client.ws_connect(ws_path(session), protocols=[SUBPROTOCOL])
     assert (await receive_json(ws))["type"] == "session"
     await ws.close()
+
+
+async def test_the_proxy_passes_the_subprotocol_and_the_old_clients_url(
+    tmp_path: Path, database_url: str
+) -> None:
+    """Through the web role too: the old server's /ws/{id} with ?token= appended once more
+    gives a JSON-only socket; offering tutorsrv.v1 gives it to both hops."""
+    engine, web = processes(tmp_path, database_url)
+    try:
+        await engine.start()
+        await web.start()
+        async with aiohttp.ClientSession() as http:
+            tenant = await set_up_tenant(http, web.base)
+            session = await open_session(http, web.base, tenant)
+            sid, token = session["session_id"], session["engine_token"]
+            old_url = f"ws://127.0.0.1:{web.port}/ws/{sid}?token={token}?token={token}"
+            async with http.ws_connect(old_url) as ws:
+                assert ws.protocol is None
+                hello = await receive_json(ws)
+                assert hello["session_id"] == sid and hello["subprotocol"] is None
+            async with http.ws_connect(session["engine_url"], protocols=[SUBPROTOCOL]) as ws:
+                assert ws.protocol == SUBPROTOCOL
+                assert (await receive_json(ws))["subprotocol"] == SUBPROTOCOL
+            async with http.ws_connect(f"{old_url}&token=other") as ws:
+                code, before = await expect_close(ws)
+                assert code == 4401 and before[-1]["code"] == "invalid_token"
+    finally:
+        web.stop()
+        engine.stop()

@@ -8,6 +8,8 @@ from typing import Any
 import aiohttp
 from aiohttp.test_utils import TestClient
 
+from tutorsrv.engine.protocol import SUBPROTOCOL
+
 PASSWORD = "correct horse battery"
 
 
@@ -80,7 +82,7 @@ async def ask_once(
     from .conftest import receive_json, receive_until, ws_path
 
     session = await start_session(client, admin, tutor, student)
-    ws = await client.ws_connect(ws_path(session))
+    ws = await client.ws_connect(ws_path(session), protocols=[SUBPROTOCOL])
     try:
         assert (await receive_json(ws))["type"] == "session"
         await ws.send_json({"type": "text", "content": question})

@@ -25,7 +25,7 @@ import asyncpg
 import jinja2
 from aiohttp import web
 
-from . import limits, metrics, pages
+from . import cors, limits, metrics, pages
 from .appkeys import (
     BACKPLANE,
     CONFIG,
@@ -56,7 +56,7 @@ from .engine import routes as engine_routes
 from .engine.conversation import opening
 from .engine.llm import LLMBackend, create_backends
 from .engine.llm.warmup import warm_up
-from .engine.public_url import WEBSOCKET_PATH
+from .engine.public_url import LEGACY_WEBSOCKET_PATH, WEBSOCKET_PATH
 from .engine.speech.asr import Transcriber
 from .engine.speech.tts import Synthesizer
 from .engine.speech.vad import SileroVAD
@@ -92,8 +92,14 @@ def create_app(config: Config, role: str) -> web.Application:
     runs_web = role in ("web", "all")
     runs_engine = role in ("engine", "all")
 
-    # metrics first: it counts every answer, including the ones json_errors writes.
-    middlewares = [metrics.count_requests, json_errors, limits.make_origin_check(config)]
+    # metrics first: it counts every answer, including the ones json_errors writes. CORS
+    # preflights are answered before any origin or account check.
+    middlewares = [
+        metrics.count_requests,
+        json_errors,
+        cors.preflight,
+        limits.make_origin_check(config),
+    ]
     if runs_web:
         middlewares += [database_errors, make_authenticate(auth.PUBLIC_PATHS)]
     app = web.Application(middlewares=middlewares, client_max_size=MAX_REQUEST_BYTES)
@@ -101,6 +107,7 @@ def create_app(config: Config, role: str) -> web.Application:
     app[ROLE] = role
     app[ENGINE_API_KEY] = _engine_api_key(config, role)
     limits.setup(app, config)
+    cors.setup(app, config)
     if runs_web:
         _setup_web(app, config, role)
     if runs_engine:
@@ -171,6 +178,7 @@ def _setup_engine(app: web.Application, config: Config, role: str) -> None:
     app.on_shutdown.append(_close_sockets)
     app.add_subapp("/v1", engine_routes.session_api())
     app.router.add_get(WEBSOCKET_PATH, session_socket)
+    app.router.add_get(LEGACY_WEBSOCKET_PATH, session_socket)
 
 
 def _engine_api_key(config: Config, role: str) -> str:

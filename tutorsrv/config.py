@@ -48,6 +48,12 @@ class ServerConfig:
     # Browser origins allowed to open WebSockets and call the API, e.g.
     # ["https://tutors.school.example"]. Empty: any origin (and requests without one).
     allowed_origins: list[str] = field(default_factory=list)
+    # Origins whose pages may call this server's HTTP API from the browser (CORS), e.g. a
+    # frontend hosted on its own host or port: ["https://app.school.example"], or ["*"] for
+    # any. Empty: no CORS headers (only same-origin pages can read the answers). Credentials
+    # (cookies) are never allowed: the API takes bearer tokens. These origins also pass the
+    # allowed_origins check.
+    cors_origins: list[str] = field(default_factory=list)
     # Attempts per minute at logging in and at starting sessions, per account and per client
     # IP (a class behind one school NAT address shares the IP budget); beyond them 429 with
     # Retry-After. 0 switches a limit off.
@@ -423,11 +429,10 @@ def validate(config: Config) -> None:
     )
     _positive("server.ws_messages_per_second", s.ws_messages_per_second, allow_zero=True)
     for origin in s.allowed_origins:
-        parts = urlsplit(origin)
-        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path:
-            raise ConfigError(
-                f"server.allowed_origins: {origin!r} is not an origin like https://host"
-            )
+        _origin("server.allowed_origins", origin)
+    for origin in s.cors_origins:
+        if origin != "*":
+            _origin("server.cors_origins", origin)
     _positive("engine.max_sessions", e.max_sessions)
     _positive("engine.session_timeout_seconds", e.session_timeout_seconds)
     _positive("engine.max_session_seconds", e.max_session_seconds)
@@ -538,6 +543,12 @@ def validate(config: Config) -> None:
     if not 10 <= t.frame_ms <= 1000:
         raise ConfigError("tts.frame_ms: must be from 10 to 1000")
     _positive("tts.clause_min_chars", t.clause_min_chars)
+
+
+def _origin(key: str, origin: str) -> None:
+    parts = urlsplit(origin)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.path:
+        raise ConfigError(f"{key}: {origin!r} is not an origin like https://host")
 
 
 def _positive(name: str, value: float, *, allow_zero: bool = False) -> None:

@@ -19,6 +19,7 @@ from .appkeys import (
     SYNTHESIZER,
     TRANSCRIBER,
 )
+from .compact_json import json_response
 
 SERVICES = {"engine": "tutorsrv-engine", "web": "tutorsrv-web", "all": "tutorsrv"}
 
@@ -80,4 +81,4 @@ async def health(request: web.Request) -> web.Response:
         healthy = healthy and any(e["status"] in ("healthy", "full") for e in engines)
     if not healthy:
         body["status"] = "degraded"
-    return web.json_response(body, status=200 if healthy else 503)
+    return json_response(body, status=200 if healthy else 503)

@@ -13,6 +13,8 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
 
+from .compact_json import json_response
+
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -42,7 +44,7 @@ class APIError(Exception):
         body: dict[str, str] = {"error": self.code, "message": self.message}
         if self.field is not None:
             body["field"] = self.field
-        return web.json_response(body, status=self.status, headers=self.headers)
+        return json_response(body, status=self.status, headers=self.headers)
 
 
 def _code_for(exc: web.HTTPException) -> str:

@@ -266,7 +266,7 @@ def origin_allowed(request: web.Request, allowed: frozenset[str], trust_forwarde
     if origin is None or not allowed:
         return True
     origin = _origin(origin)
-    if origin in allowed:
+    if origin in allowed or "*" in allowed:
         return True
     # The pages this server serves itself call it from its own origin.
     scheme, host = request.scheme, request.host
@@ -283,7 +283,10 @@ _CHECKED_PREFIXES = ("/api/", "/ws/")
 
 
 def make_origin_check(config: Config) -> Middleware:
+    # Pages allowed to call the API cross-origin (CORS) may of course also reach it.
     allowed = frozenset(_origin(o) for o in config.server.allowed_origins)
+    if allowed:
+        allowed |= {_origin(o) for o in config.server.cors_origins}
     trust_forwarded = config.engine.trust_forwarded_headers
 
     @web.middleware

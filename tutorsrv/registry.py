@@ -129,7 +129,9 @@ class Session:
             self.forgotten += drop
 
     @property
-    def status(self) -> str:
+    def connection(self) -> str:
+        """Whether a student's socket is on the session: created (never yet), connected,
+        disconnected (one was, none is now)."""
         if self.socket is not None:
             return "connected"
         return "disconnected" if self.ever_connected else "created"
@@ -141,7 +143,10 @@ class Session:
             "student_id": self.student_id,
             "kb_id": self.kb_id,
             "tutor_name": self.tutor.name,
-            "status": self.status,
+            # A session the engine holds is live; ended ones are gone (404). "active" is the
+            # old API's word, which its clients check.
+            "status": "active",
+            "connection": self.connection,
             "created_at": iso(self.created_at),
             "expires_at": iso(self.expires_at),
             "messages": len(self.history),

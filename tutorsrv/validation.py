@@ -28,6 +28,39 @@ async def json_body(request: web.Request) -> dict[str, Any]:
     return body
 
 
+FORM = "application/x-www-form-urlencoded"
+
+
+async def login_body(request: web.Request) -> dict[str, Any]:
+    """A login's body: JSON, or the OAuth2 password form the old admin frontend posted
+    (``username``, ``password``, optionally ``grant_type=password`` and ``scope``), read
+    as the JSON fields ``email`` and ``password``."""
+    if request.content_type != FORM:
+        return await json_body(request)
+    try:
+        form = await request.post()
+    except (UnicodeDecodeError, LookupError, ValueError):
+        raise APIError(400, "invalid_form", "the form is not valid UTF-8 form data") from None
+    body: dict[str, Any] = {}
+    for key in form:
+        values = form.getall(key)
+        if len(values) > 1:
+            raise APIError(422, "invalid_field", f"'{key}' is given more than once", field=key)
+        if not isinstance(values[0], str):
+            raise APIError(422, "invalid_field", f"'{key}' must be text", field=key)
+        body[key] = values[0]
+    if body.pop("grant_type", "password") != "password":
+        raise APIError(422, "invalid_field", "'grant_type' must be 'password'", field="grant_type")
+    body.pop("scope", None)  # OAuth2 scopes: this API has none
+    if "username" in body:
+        if "email" in body:
+            raise APIError(
+                422, "invalid_field", "send 'username' or 'email', not both", field="username"
+            )
+        body["email"] = body.pop("username")
+    return body
+
+
 def only_fields(body: dict[str, Any], allowed: Iterable[str], prefix: str = "") -> None:
     unknown = sorted(set(body) - set(allowed))
     if unknown:

@@ -12,6 +12,9 @@ from typing import Any
 from .. import untrusted_json
 
 PROTOCOL_VERSION = 1
+# The WebSocket subprotocol of the full protocol, binary audio frames included. A client that
+# does not offer it (one written for the old server's JSON-only socket) gets JSON frames only.
+SUBPROTOCOL = "tutorsrv.v1"
 
 # Close codes.
 CLOSE_SHUTDOWN = 1001

@@ -12,11 +12,14 @@ import re
 from urllib.parse import quote, urlsplit
 
 from aiohttp import web
+from multidict import MultiMapping
 
 from ..http_errors import APIError
 
 # The path is kept as it was for compatibility; the double "ws" is on purpose (failure 2).
 WEBSOCKET_PATH = "/ws/ws/{session_id}"
+# The old GPU server also answered here; its clients build this URL themselves.
+LEGACY_WEBSOCKET_PATH = "/ws/{session_id}"
 
 _HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?$")
 _SCHEMES = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}
@@ -44,6 +47,22 @@ def websocket_base(request: web.Request, public_url: str, trust_forwarded: bool)
 def engine_url(base: str, session_id: str, token: str) -> str:
     path = WEBSOCKET_PATH.format(session_id=session_id)
     return f"{base}{path}?token={quote(token, safe='')}"
+
+
+def query_token(query: MultiMapping[str]) -> str | None:
+    """The session token of a WebSocket URL's query.
+
+    ``engine_url`` carries the token already, and the old clients append their own
+    ``?token=`` (or ``&token=``) to it. So a token given more than once is accepted when
+    every copy is the same (``?token=T?token=T`` parses as one value ``T?token=T``; JWTs
+    hold no ``?``). Different copies raise ``ValueError``: which one was meant is unknowable.
+    """
+    copies = [part for value in query.getall("token", []) for part in value.split("?token=")]
+    if not copies:
+        return None
+    if any(copy != copies[0] for copy in copies):
+        raise ValueError("the session token is given more than once, with different values")
+    return copies[0]
 
 
 def _first(value: str | None) -> str:

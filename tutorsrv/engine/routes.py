@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from ..appkeys import CONFIG, ENGINE_API_KEY, MODELS, REGISTRY
+from ..compact_json import json_response
 from ..http_errors import APIError, Handler
 from ..registry import (
     REPLY_TOKENS,
@@ -95,12 +96,13 @@ async def create_session(request: web.Request) -> web.Response:
             f"this engine holds its maximum of {registry.max_sessions} sessions; retry later",
             headers={"Retry-After": str(e.retry_after)},
         ) from None
-    return web.json_response(
+    return json_response(
         {
             "session_id": session.id,
             "engine_url": engine_url(base, session.id, token),
             "engine_token": token,
-            "status": session.status,
+            "status": "active",
+            "connection": session.connection,
             "expires_at": iso(session.expires_at),
         },
         status=201,
@@ -109,7 +111,7 @@ async def create_session(request: web.Request) -> web.Response:
 
 async def list_sessions(request: web.Request) -> web.Response:
     registry = request.config_dict[REGISTRY]
-    return web.json_response(
+    return json_response(
         {
             "sessions": [s.to_json() for s in registry.list()],
             "count": len(registry),
@@ -122,7 +124,7 @@ async def get_session(request: web.Request) -> web.Response:
     session = request.config_dict[REGISTRY].get(request.match_info["session_id"])
     if session is None:
         raise APIError(404, "session_not_found", "no such session")
-    return web.json_response(session.to_json(include_history=True))
+    return json_response(session.to_json(include_history=True))
 
 
 async def delete_session(request: web.Request) -> web.Response:

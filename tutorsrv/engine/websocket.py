@@ -1,5 +1,9 @@
 """The session WebSocket at ``/ws/ws/{session_id}?token=…`` (protocol: docs/protocol.md).
 
+A client that offers the ``tutorsrv.v1`` subprotocol gets the whole protocol; one that offers
+none is taken for a JSON-only client of the old server: it gets no binary frames, so the
+tutor does not speak to it.
+
 The handler authenticates the token before it will talk, takes the session's one live socket
 (closing an older one with 4409), then reads client messages in order. Replies run as a task
 owned by the connection's ``Conversation``; when the socket ends, for whatever reason, that
@@ -10,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from typing import Any
 
@@ -27,12 +30,14 @@ from ..appkeys import (
     TRANSCRIBER,
     VAD,
 )
+from ..compact_json import dumps_text
 from ..limits import MessageRate, Verdict
 from ..metrics import ENGINE_METRICS, EngineMetrics
 from ..registry import Session, SessionRegistry, TokenError, iso
 from . import protocol
 from .conversation import Conversation
 from .protocol import ProtocolError
+from .public_url import query_token
 from .speech.pcm import FORMAT
 from .voice_input import INPUT_FORMAT, VoiceInput
 from .voice_output import SpeechSettings
@@ -65,7 +70,7 @@ class Connection:
         self.released = asyncio.Event()
 
     async def send(self, message: dict[str, Any]) -> None:
-        await self.ws.send_str(json.dumps(message, ensure_ascii=False))
+        await self.ws.send_str(dumps_text(message))
         if self.metrics is not None and message.get("type") == "error":
             self.metrics.error_frame(message["code"])
 
@@ -118,13 +123,23 @@ async def session_socket(request: web.Request) -> web.WebSocketResponse:
     registry = request.app[REGISTRY]
     session_id = request.match_info["session_id"]
 
-    ws = web.WebSocketResponse(max_msg_size=config.max_message_bytes, heartbeat=30.0)
+    ws = web.WebSocketResponse(
+        max_msg_size=config.max_message_bytes,
+        heartbeat=30.0,
+        protocols=(protocol.SUBPROTOCOL,),
+    )
     await ws.prepare(request)
     metrics = request.app.get(ENGINE_METRICS)
     connection = Connection(ws, session_id, metrics)
+    binary_frames = ws.ws_protocol == protocol.SUBPROTOCOL
 
     try:
-        registry.signer.verify(request.query.get("token"), session_id)
+        token = query_token(request.query)
+    except ValueError as e:
+        await connection.close(protocol.CLOSE_BAD_TOKEN, str(e))
+        return ws
+    try:
+        registry.signer.verify(token, session_id)
     except TokenError as e:
         await connection.close(e.code, str(e))
         return ws
@@ -146,7 +161,7 @@ async def session_socket(request: web.Request) -> web.WebSocketResponse:
     previous = session.socket
     app_config = request.app[CONFIG]
     speech = None
-    if (synthesizer := request.app.get(SYNTHESIZER)) is not None:
+    if (synthesizer := request.app.get(SYNTHESIZER)) is not None and binary_frames:
         speech = SpeechSettings(
             synthesizer,
             synthesizer.voice(session.tutor.voice),
@@ -187,11 +202,11 @@ async def session_socket(request: web.Request) -> web.WebSocketResponse:
             # send is the whole story.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(previous.released.wait(), TAKEOVER_WAIT_SECONDS)
-        await connection.send(_session_message(session, resumed, voice, speech))
+        await connection.send(_session_message(session, resumed, voice, speech, ws.ws_protocol))
         if not session.history:
             await conversation.greet()
         rate = MessageRate(app_config.server.ws_messages_per_second)
-        await _read_loop(ws, conversation, voice, config.max_text_chars, rate)
+        await _read_loop(ws, conversation, voice, config.max_text_chars, rate, binary_frames)
     except ConnectionError:
         pass  # the client went away while we were writing
     finally:
@@ -214,6 +229,7 @@ async def _read_loop(
     voice: VoiceInput | None,
     max_text_chars: int,
     rate: MessageRate | None = None,
+    binary_frames: bool = True,
 ) -> None:
     async for msg in ws:
         # Microphone frames arrive 30-50 a second: VoiceInput budgets them by audio time.
@@ -224,7 +240,7 @@ async def _read_loop(
                     return
                 continue
         if msg.type == WSMsgType.TEXT:
-            await _handle_text_frame(msg.data, conversation, voice, max_text_chars)
+            await _handle_text_frame(msg.data, conversation, voice, max_text_chars, binary_frames)
         elif msg.type == WSMsgType.BINARY:
             if voice is None:
                 await conversation.send(_NO_VOICE_INPUT)
@@ -262,8 +278,19 @@ async def _rate_limited(
 _NO_VOICE_INPUT = protocol.error("audio_unavailable", "voice input is not enabled on this engine")
 
 
+_NO_BINARY_FRAMES = protocol.error(
+    "audio_unavailable",
+    "spoken replies come as binary frames: connect offering the WebSocket subprotocol "
+    f"'{protocol.SUBPROTOCOL}' to hear the tutor",
+)
+
+
 async def _handle_text_frame(
-    raw: str, conversation: Conversation, voice: VoiceInput | None, max_text_chars: int
+    raw: str,
+    conversation: Conversation,
+    voice: VoiceInput | None,
+    max_text_chars: int,
+    binary_frames: bool = True,
 ) -> None:
     try:
         message = protocol.parse_client_message(raw, max_text_chars=max_text_chars)
@@ -297,7 +324,9 @@ async def _handle_text_frame(
         else:
             await voice.recording(message.data.get("data"))
     elif message.type == "config":
-        if "audio_output" in message.data:
+        if message.data.get("audio_output") and not binary_frames:
+            await conversation.send(_NO_BINARY_FRAMES)
+        elif "audio_output" in message.data:
             # From the next response on; the client silences the current one itself.
             conversation.session.audio_output = message.data["audio_output"]
     elif message.type == "played":
@@ -313,6 +342,7 @@ def _session_message(
     resumed: bool,
     voice: VoiceInput | None,
     speech: SpeechSettings | None,
+    subprotocol: str | None,
 ) -> dict[str, Any]:
     output = None
     if speech is not None and session.audio_output:
@@ -325,6 +355,8 @@ def _session_message(
     return {
         "type": "session",
         "protocol": protocol.PROTOCOL_VERSION,
+        # None: a JSON-only client (no subprotocol offered); it gets no binary frames.
+        "subprotocol": subprotocol,
         "session_id": session.id,
         "tutor": {"name": session.tutor.name, "language": session.tutor.language},
         "audio": {"input": dict(INPUT_FORMAT) if voice is not None else None, "output": output},

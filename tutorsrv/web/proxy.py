@@ -1,4 +1,5 @@
-"""Optional WebSocket proxy: the web role relays ``/ws/ws/{session_id}`` to the session's engine.
+"""Optional WebSocket proxy: the web role relays ``/ws/ws/{session_id}`` (and the old server's
+``/ws/{session_id}``) to the session's engine, offering it the subprotocol the browser chose.
 
 With ``web.proxy_websocket = true`` (web role only) the ``engine_url`` handed to browsers
 points at the web role, so a deployment needs one public origin and the engines can stay on a
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -29,8 +29,15 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from yarl import URL
 
 from ..appkeys import CONFIG, DB, ROLE
+from ..compact_json import dumps_text
 from ..engine import protocol
-from ..engine.public_url import WEBSOCKET_PATH, engine_url, websocket_base
+from ..engine.public_url import (
+    LEGACY_WEBSOCKET_PATH,
+    WEBSOCKET_PATH,
+    engine_url,
+    query_token,
+    websocket_base,
+)
 from ..registry import is_session_id
 
 log = logging.getLogger(__name__)
@@ -80,6 +87,7 @@ PROXY_HTTP = web.AppKey("ws_proxy_http", aiohttp.ClientSession)
 def add_routes(app: web.Application) -> None:
     """Serve the session WebSocket path on the web role, relayed to the engines."""
     app.router.add_get(WEBSOCKET_PATH, proxy_socket)
+    app.router.add_get(LEGACY_WEBSOCKET_PATH, proxy_socket)
     app.cleanup_ctx.append(_http_ctx)
     app.on_shutdown.append(_shut_relays)
 
@@ -109,9 +117,17 @@ async def proxy_socket(request: web.Request) -> web.WebSocketResponse:
     config = request.app[CONFIG]
     session_id = request.match_info["session_id"]
     browser = web.WebSocketResponse(
-        max_msg_size=config.engine.max_message_bytes, heartbeat=HEARTBEAT_SECONDS
+        max_msg_size=config.engine.max_message_bytes,
+        heartbeat=HEARTBEAT_SECONDS,
+        protocols=(protocol.SUBPROTOCOL,),
     )
     await browser.prepare(request)
+    try:
+        # One copy to the engine, however many the browser's URL repeated.
+        token = query_token(request.query)
+    except ValueError as e:
+        await close_browser(browser, protocol.CLOSE_BAD_TOKEN, "invalid_token", str(e))
+        return browser
     relay = Relay(browser, session_id)
     relays = request.app[RELAYS]
     relays.add(relay)
@@ -123,8 +139,10 @@ async def proxy_socket(request: web.Request) -> web.WebSocketResponse:
         try:
             async with asyncio.timeout(config.web.engine_timeout_seconds):
                 relay.engine = await request.app[PROXY_HTTP].ws_connect(
-                    engine_socket_url(engine, session_id, request.query.get("token")),
+                    engine_socket_url(engine, session_id, token),
                     heartbeat=HEARTBEAT_SECONDS,
+                    # What the browser negotiated, so the engine sends it what it can take.
+                    protocols=(browser.ws_protocol,) if browser.ws_protocol else (),
                     # The engine is trusted and already bounds what it sends; a direct
                     # connection would have received the same frames.
                     max_msg_size=0,
@@ -287,7 +305,7 @@ async def close_browser(ws: web.WebSocketResponse, code: int, error: str, conten
     if ws.closed:
         return
     with contextlib.suppress(ConnectionError):
-        await ws.send_str(json.dumps(protocol.error(error, content, fatal=True)))
+        await ws.send_str(dumps_text(protocol.error(error, content, fatal=True)))
     await _close(ws, code, content)
 
 

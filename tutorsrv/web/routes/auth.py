@@ -7,6 +7,7 @@ from aiohttp import web
 
 from ... import validation as v
 from ...appkeys import CONFIG, DB
+from ...compact_json import json_response
 from ...http_errors import APIError
 from ...limits import limit_login, limit_registration
 from ..security import ACCOUNT_TOKENS, Principal, hash_password, principal, verify_password
@@ -16,7 +17,7 @@ INVALID_LOGIN = "the email or password is wrong"
 
 def _token_response(request: web.Request, who: Principal, status: int = 200) -> web.Response:
     tokens = request.app[ACCOUNT_TOKENS]
-    return web.json_response(
+    return json_response(
         {
             "access_token": tokens.issue(who),
             "token_type": "bearer",
@@ -53,7 +54,7 @@ async def register(request: web.Request) -> web.Response:
 
 
 async def login(request: web.Request) -> web.Response:
-    body = await v.json_body(request)
+    body = await v.login_body(request)
     v.only_fields(body, ("email", "password"))
     email = v.email(body)
     password = v.password(body, new=False)
@@ -71,7 +72,7 @@ STUDENT_LOGIN_CHECKS = 2
 
 
 async def student_login(request: web.Request) -> web.Response:
-    body = await v.json_body(request)
+    body = await v.login_body(request)
     v.only_fields(body, ("email", "password", "organisation_id"))
     email = v.email(body)
     password = v.password(body, new=False) or ""
@@ -130,7 +131,7 @@ async def me(request: web.Request) -> web.Response:
         )
     if row is None:
         raise APIError(401, "invalid_token", "this account no longer exists")
-    return web.json_response(
+    return json_response(
         {
             "id": str(row["id"]),
             "email": row["email"],
@@ -142,7 +143,9 @@ async def me(request: web.Request) -> web.Response:
     )
 
 
-PUBLIC_PATHS = frozenset({"/api/auth/register", "/api/auth/login", "/api/students/login"})
+PUBLIC_PATHS = frozenset(
+    {"/api/auth/register", "/api/auth/login", "/api/students/login", "/api/openapi.json"}
+)
 
 
 def add_routes(app: web.Application) -> None:

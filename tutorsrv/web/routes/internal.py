@@ -9,6 +9,7 @@ from aiohttp import web
 from ... import validation as v
 from ...appkeys import DB, INGESTOR
 from ...backplane import SessionEnded, TurnRecord
+from ...compact_json import json_response
 from ...engine.routes import require_service_key
 from ...http_errors import APIError
 from .. import rag
@@ -51,7 +52,7 @@ async def post_turn(request: web.Request) -> web.Response:
         stored = await store_turn(request.config_dict[DB], turn)
     except ValueError:
         raise APIError(422, "invalid_field", "timestamps must be ISO 8601") from None
-    return web.json_response({"stored": stored}, status=201 if stored else 200)
+    return json_response({"stored": stored}, status=201 if stored else 200)
 
 
 async def post_session_end(request: web.Request) -> web.Response:
@@ -71,7 +72,7 @@ async def post_session_end(request: web.Request) -> web.Response:
         raise APIError(
             422, "invalid_field", "'ended_at' must be ISO 8601", field="ended_at"
         ) from None
-    return web.json_response({"changed": changed})
+    return json_response({"changed": changed})
 
 
 async def search_kb(request: web.Request) -> web.Response:
@@ -86,7 +87,7 @@ async def search_kb(request: web.Request) -> web.Response:
     passages = await rag.search(
         request.config_dict[DB], request.match_info["kb_id"], query, k, ingestor.embedder
     )
-    return web.json_response({"passages": passages})
+    return json_response({"passages": passages})
 
 
 def internal_api() -> web.Application:

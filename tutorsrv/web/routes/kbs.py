@@ -11,6 +11,7 @@ from aiohttp import BodyPartReader, web
 
 from ... import validation as v
 from ...appkeys import CONFIG, DB, INGESTOR
+from ...compact_json import json_response
 from ...http_errors import APIError
 from ..ingest import FILE_TYPES, UnreadableFile, decode_text, file_type
 from ..parsing import ParseLimits, ParsingBusy
@@ -68,7 +69,7 @@ async def list_kbs(request: web.Request) -> web.Response:
         " AS documents FROM kbs WHERE admin_id = $1 ORDER BY created_at",
         who.tenant_id,
     )
-    return web.json_response({"kbs": [row_json(r) for r in rows]})
+    return json_response({"kbs": [row_json(r) for r in rows]})
 
 
 async def create_kb(request: web.Request) -> web.Response:
@@ -87,13 +88,13 @@ async def create_kb(request: web.Request) -> web.Response:
         description,
         language,
     )
-    return web.json_response(row_json(row), status=201)
+    return json_response(row_json(row), status=201)
 
 
 async def get_kb(request: web.Request) -> web.Response:
     who = require_admin(request)
     kb = await owned_kb(request.app[DB], path_id(request.match_info["kb_id"], "kb"), who.tenant_id)
-    return web.json_response(row_json(kb))
+    return json_response(row_json(kb))
 
 
 async def update_kb(request: web.Request) -> web.Response:
@@ -119,7 +120,7 @@ async def update_kb(request: web.Request) -> web.Response:
     )
     if row is None:
         raise APIError(404, "kb_not_found", "no such knowledge base")
-    return web.json_response(row_json(row))
+    return json_response(row_json(row))
 
 
 async def delete_kb(request: web.Request) -> web.Response:
@@ -205,7 +206,7 @@ async def upload_document(request: web.Request) -> web.Response:
         raise
     ingestor.start(row["id"], filename, data, tenant)
     # 202: accepted; GET the document to follow status and progress.
-    return web.json_response(row_json(row), status=202)
+    return json_response(row_json(row), status=202)
 
 
 async def _check_readable(parsing: ParseLimits, tenant: str, kind: str, data: bytes) -> None:
@@ -246,7 +247,7 @@ async def list_documents(request: web.Request) -> web.Response:
     rows = await db.fetch(
         f"SELECT {DOC_COLUMNS} FROM documents WHERE kb_id = $1 ORDER BY created_at", kb["id"]
     )
-    return web.json_response({"documents": [row_json(r) for r in rows]})
+    return json_response({"documents": [row_json(r) for r in rows]})
 
 
 async def _document(request: web.Request) -> tuple[uuid.UUID, uuid.UUID]:
@@ -264,7 +265,7 @@ async def get_document(request: web.Request) -> web.Response:
     )
     if row is None:
         raise APIError(404, "document_not_found", "no such document")
-    return web.json_response(row_json(row))
+    return json_response(row_json(row))
 
 
 async def delete_document(request: web.Request) -> web.Response:

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from ... import validation as v
 from ...appkeys import DB, ENGINE_CLIENT
+from ...compact_json import json_response
 from ...engine.public_url import engine_url
 from ...http_errors import APIError
 from ...limits import limit_session_start
@@ -139,7 +140,7 @@ async def create_session(request: web.Request) -> web.Response:
         except EngineUnavailable:
             pass
         raise
-    return web.json_response(
+    return json_response(
         {
             "session_id": created.session_id,
             "engine_url": (
@@ -148,6 +149,8 @@ async def create_session(request: web.Request) -> web.Response:
                 else engine_url(proxy_base, created.session_id, created.engine_token)
             ),
             "engine_token": created.engine_token,
+            # The old API's word for a session that was just started (its clients check it).
+            "status": "active",
             "expires_at": created.expires_at,
             "tutor_id": str(tutor_id),
             "student_id": str(student_id),
@@ -184,19 +187,19 @@ async def list_sessions(request: web.Request) -> web.Response:
         f"SELECT {COLUMNS} FROM {FROM} WHERE {where} ORDER BY s.created_at DESC LIMIT 500",
         *params,
     )
-    return web.json_response({"sessions": [row_json(r) for r in rows]})
+    return json_response({"sessions": [row_json(r) for r in rows]})
 
 
 async def get_session(request: web.Request) -> web.Response:
     session = await _find(request)
     session.pop("engine")
-    return web.json_response(session)
+    return json_response(session)
 
 
 async def get_messages(request: web.Request) -> web.Response:
     session = await _find(request)
     messages = await session_messages(request.app[DB], session["id"])
-    return web.json_response({"session_id": session["id"], "messages": messages})
+    return json_response({"session_id": session["id"], "messages": messages})
 
 
 async def delete_session(request: web.Request) -> web.Response:

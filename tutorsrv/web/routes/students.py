@@ -9,6 +9,7 @@ from aiohttp import web
 
 from ... import validation as v
 from ...appkeys import DB
+from ...compact_json import json_response
 from ...http_errors import APIError
 from ..security import hash_password, require_admin
 from .common import path_id, row_json
@@ -35,7 +36,7 @@ async def list_students(request: web.Request) -> web.Response:
     rows = await request.app[DB].fetch(
         f"SELECT {COLUMNS} FROM students WHERE admin_id = $1 ORDER BY created_at", who.tenant_id
     )
-    return web.json_response({"students": [row_json(r) for r in rows]})
+    return json_response({"students": [row_json(r) for r in rows]})
 
 
 async def create_student(request: web.Request) -> web.Response:
@@ -52,7 +53,7 @@ async def create_student(request: web.Request) -> web.Response:
         )
     except asyncpg.UniqueViolationError:
         raise APIError(409, "email_taken", EMAIL_TAKEN, field="email") from None
-    return web.json_response(row_json(row), status=201)
+    return json_response(row_json(row), status=201)
 
 
 async def get_student(request: web.Request) -> web.Response:
@@ -65,7 +66,7 @@ async def get_student(request: web.Request) -> web.Response:
     )
     if row is None:
         raise APIError(404, "student_not_found", "no such student")
-    return web.json_response(row_json(row))
+    return json_response(row_json(row))
 
 
 async def update_student(request: web.Request) -> web.Response:
@@ -87,7 +88,7 @@ async def update_student(request: web.Request) -> web.Response:
         raise APIError(409, "email_taken", EMAIL_TAKEN, field="email") from None
     if row is None:
         raise APIError(404, "student_not_found", "no such student")
-    return web.json_response(row_json(row))
+    return json_response(row_json(row))
 
 
 async def delete_student(request: web.Request) -> web.Response:

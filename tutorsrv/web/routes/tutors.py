@@ -10,6 +10,7 @@ from aiohttp import web
 
 from ... import validation as v
 from ...appkeys import DB
+from ...compact_json import json_response
 from ...http_errors import APIError
 from ...registry import REPLY_TOKENS
 from ..security import principal, require_admin
@@ -92,7 +93,7 @@ async def list_tutors(request: web.Request) -> web.Response:
     rows = await request.app[DB].fetch(
         f"SELECT {columns} FROM tutors WHERE admin_id = $1 ORDER BY created_at", who.tenant_id
     )
-    return web.json_response({"tutors": [row_json(r) for r in rows]})
+    return json_response({"tutors": [row_json(r) for r in rows]})
 
 
 async def create_tutor(request: web.Request) -> web.Response:
@@ -106,7 +107,7 @@ async def create_tutor(request: web.Request) -> web.Response:
         who.tenant_id,
         *values.values(),
     )
-    return web.json_response(row_json(row), status=201)
+    return json_response(row_json(row), status=201)
 
 
 async def get_tutor(request: web.Request) -> web.Response:
@@ -118,7 +119,7 @@ async def get_tutor(request: web.Request) -> web.Response:
     )
     if row is None:
         raise APIError(404, "tutor_not_found", "no such tutor")
-    return web.json_response(row_json(row))
+    return json_response(row_json(row))
 
 
 async def update_tutor(request: web.Request) -> web.Response:
@@ -140,7 +141,7 @@ async def update_tutor(request: web.Request) -> web.Response:
     )
     if row is None:
         raise APIError(404, "tutor_not_found", "no such tutor")
-    return web.json_response(row_json(row))
+    return json_response(row_json(row))
 
 
 async def delete_tutor(request: web.Request) -> web.Response:
