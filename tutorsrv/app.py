@@ -25,7 +25,7 @@ import asyncpg
 import jinja2
 from aiohttp import web
 
-from . import cors, limits, metrics, pages
+from . import api_docs, cors, limits, metrics, pages
 from .appkeys import (
     BACKPLANE,
     CONFIG,
@@ -101,7 +101,7 @@ def create_app(config: Config, role: str) -> web.Application:
         limits.make_origin_check(config),
     ]
     if runs_web:
-        middlewares += [database_errors, make_authenticate(auth.PUBLIC_PATHS)]
+        middlewares += [database_errors, make_authenticate(auth.PUBLIC_ROUTES)]
     app = web.Application(middlewares=middlewares, client_max_size=MAX_REQUEST_BYTES)
     app[CONFIG] = config
     app[ROLE] = role
@@ -113,6 +113,7 @@ def create_app(config: Config, role: str) -> web.Application:
     if runs_engine:
         _setup_engine(app, config, role)
     app.router.add_get("/health", health)
+    api_docs.setup(app)
     metrics.setup(
         app,
         engine=runs_engine,

@@ -106,14 +106,27 @@ def text(
     return value
 
 
+def whole_number(value: Any) -> int | None:
+    """``value`` as an int if it is a JSON integer, else None. ``2.0`` counts: JSON (and JSON
+    Schema) make no difference between it and ``2``, and some clients write every number as
+    a float. ``true`` does not, although Python's bool is an int."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
 def integer(
     body: dict[str, Any], key: str, *, low: int, high: int, nullable: bool = False
 ) -> int | None:
     """An integer field within [low, high]; None when absent (or null, where ``nullable``)."""
     if key not in body or (body[key] is None and nullable):
         return None
-    value = body[key]
-    if isinstance(value, bool) or not isinstance(value, int):
+    value = whole_number(body[key])
+    if value is None:
         raise APIError(422, "invalid_field", f"'{key}' must be an integer", field=key)
     if not low <= value <= high:
         raise APIError(422, "invalid_field", f"'{key}' must be from {low} to {high}", field=key)

@@ -19,7 +19,7 @@ from ..registry import (
     TutorProfile,
     iso,
 )
-from ..validation import json_body
+from ..validation import json_body, whole_number
 from .public_url import engine_url, websocket_base
 
 MAX_ID_CHARS = 128
@@ -150,9 +150,10 @@ def _identifier(body: dict[str, Any], key: str, *, required: bool) -> str | None
             raise APIError(422, "missing_field", f"'{key}' is required", field=key)
         return None
     # Ids may be numbers (older clients) or strings; they are opaque here.
-    if isinstance(value, bool) or not isinstance(value, str | int):
+    number = whole_number(value)
+    if number is None and not isinstance(value, str):
         raise APIError(422, "invalid_field", f"'{key}' must be a string or integer", field=key)
-    text = str(value).strip()
+    text = str(number if number is not None else value).strip()
     if not text or len(text) > MAX_ID_CHARS:
         raise APIError(
             422, "invalid_field", f"'{key}' must be 1 to {MAX_ID_CHARS} characters", field=key
@@ -172,10 +173,11 @@ def _tutor_profile(value: Any) -> TutorProfile:
             if item is None:
                 continue
             low, high = REPLY_TOKENS
-            if isinstance(item, bool) or not isinstance(item, int) or not low <= item <= high:
+            tokens = whole_number(item)
+            if tokens is None or not low <= tokens <= high:
                 message = f"'{field}' must be an integer from {low} to {high}"
                 raise APIError(422, "invalid_field", message, field=field)
-            profile.max_reply_tokens = item
+            profile.max_reply_tokens = tokens
             continue
         limit = TUTOR_FIELDS.get(key)
         if limit is None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import jwt
-from aiohttp import web
+from aiohttp import hdrs, web
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
@@ -120,13 +120,18 @@ class AccountTokens:
 ACCOUNT_TOKENS = web.AppKey("account_tokens", AccountTokens)
 
 
-def make_authenticate(public_paths: frozenset[str]) -> object:
-    """Middleware: /api/* needs a valid bearer token, except the paths in ``public_paths``."""
+def make_authenticate(public: frozenset[tuple[str, str]]) -> object:
+    """Middleware: /api/* needs a valid bearer token, except the ``(method, path)`` pairs in
+    ``public``. By method, not by path alone: ``GET /api/students/login`` is the route
+    ``/api/students/{student_id}``, which must not go unauthenticated."""
 
     @web.middleware
     async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if not request.path.startswith("/api/") or request.path in public_paths:
+        method = hdrs.METH_GET if request.method == hdrs.METH_HEAD else request.method
+        if not request.path.startswith("/api/") or (method, request.path) in public:
             return await handler(request)
+        if request.match_info.http_exception is not None:
+            return await handler(request)  # no such route or method (404/405): nothing to guard
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise APIError(

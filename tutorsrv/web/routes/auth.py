@@ -143,8 +143,14 @@ async def me(request: web.Request) -> web.Response:
     )
 
 
-PUBLIC_PATHS = frozenset(
-    {"/api/auth/register", "/api/auth/login", "/api/students/login", "/api/openapi.json"}
+# (method, path) of the /api routes that need no account token.
+PUBLIC_ROUTES = frozenset(
+    {
+        ("POST", "/api/auth/register"),
+        ("POST", "/api/auth/login"),
+        ("POST", "/api/students/login"),
+        ("GET", "/api/openapi.json"),
+    }
 )
 
 

@@ -29,17 +29,24 @@ def _turn(body: dict[str, Any]) -> TurnRecord:
     interrupted = body.get("interrupted", False)
     if not isinstance(interrupted, bool):
         raise APIError(422, "invalid_field", "'interrupted' must be a boolean", field="interrupted")
-    revision = body.get("revision", 0)
-    if not isinstance(revision, int) or isinstance(revision, bool) or not 0 <= revision < 2**31:
+    revision = v.whole_number(body.get("revision", 0))
+    if revision is None or not 0 <= revision < 2**31:
         raise APIError(422, "invalid_field", "'revision' must be a small integer", field="revision")
+    student_text = v.text(body, "student_text", max_len=MAX_TEXT, nullable=True)
+    student_at = v.text(body, "student_at", max_len=40, nullable=True)
+    if student_text is not None and not student_at:
+        # A student message without its time cannot be placed in the transcript.
+        raise APIError(
+            422, "missing_field", "'student_at' is required with 'student_text'", field="student_at"
+        )
     return TurnRecord(
         session_id=v.text(body, "session_id", required=True, max_len=64),  # type: ignore[arg-type]
         response_id=v.text(body, "response_id", required=True, max_len=64),  # type: ignore[arg-type]
         reply_text=v.text(body, "reply_text", max_len=MAX_TEXT) or "",
         reply_at=v.text(body, "reply_at", required=True, max_len=40),  # type: ignore[arg-type]
         interrupted=interrupted,
-        student_text=v.text(body, "student_text", max_len=MAX_TEXT, nullable=True),
-        student_at=v.text(body, "student_at", max_len=40, nullable=True),
+        student_text=student_text,
+        student_at=student_at,
         metrics=metrics,
         sources=sources,
         revision=revision,
@@ -80,8 +87,8 @@ async def search_kb(request: web.Request) -> web.Response:
     body = await v.json_body(request)
     v.only_fields(body, ("query", "k"))
     query = v.text(body, "query", required=True, max_len=MAX_TEXT) or ""
-    k = body.get("k", 3)
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 20:
+    k = v.whole_number(body.get("k", 3))
+    if k is None or not 1 <= k <= 20:
         raise APIError(422, "invalid_field", "'k' must be an integer from 1 to 20", field="k")
     ingestor = request.config_dict[INGESTOR]
     passages = await rag.search(

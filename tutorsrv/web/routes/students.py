@@ -106,6 +106,9 @@ async def delete_student(request: web.Request) -> web.Response:
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/students", list_students)
     app.router.add_post("/api/students", create_student)
-    app.router.add_get("/api/students/{student_id}", get_student)
-    app.router.add_patch("/api/students/{student_id}", update_student)
-    app.router.add_delete("/api/students/{student_id}", delete_student)
+    # Any segment but "login": /api/students/login is its own route (POST), and its other
+    # methods must answer 405, not "no such student".
+    one = "/api/students/{student_id:(?!login$)[^/]+}"
+    app.router.add_get(one, get_student)
+    app.router.add_patch(one, update_student)
+    app.router.add_delete(one, delete_student)
