@@ -78,7 +78,12 @@ function outline(doc, raw, depth = 0) {
 
 function operation(doc, method, path, op) {
   const id = op.operationId || `${method}-${path}`;
-  const section = el("section", { class: "card", id }, el("h3", {}, el("code", {}, `${method.toUpperCase()} ${path}`), op.deprecated ? " (deprecated)" : ""));
+  const title = el("code", {}, `${method.toUpperCase()} ${path}`);
+  const section = el(
+    "section",
+    { class: "card", id },
+    el("h3", {}, title, op.deprecated ? " (deprecated)" : ""),
+  );
   if (op.summary) section.append(el("p", {}, op.summary));
   if (op.description) section.append(el("p", {}, op.description));
   const security = op.security ?? doc.security ?? [];
@@ -86,7 +91,17 @@ function operation(doc, method, path, op) {
   section.append(el("p", {}, "Auth: ", schemes.length ? schemes.join(", ") : "none"));
   if (op.parameters && op.parameters.length) {
     section.append(el("h4", {}, "Parameters"));
-    section.append(el("ul", {}, ...op.parameters.map((p) => el("li", {}, el("code", {}, p.name), ` (${p.in}${p.required ? ", required" : ""}) `, outline(doc, p.schema || {}), p.description ? ` — ${p.description}` : ""))));
+    const items = op.parameters.map((p) =>
+      el(
+        "li",
+        {},
+        el("code", {}, p.name),
+        ` (${p.in}${p.required ? ", required" : ""}) `,
+        outline(doc, p.schema || {}),
+        p.description ? ` — ${p.description}` : "",
+      ),
+    );
+    section.append(el("ul", {}, ...items));
   }
   if (op.requestBody) {
     section.append(el("h4", {}, "Request body"));
@@ -101,7 +116,9 @@ function operation(doc, method, path, op) {
       "li",
       {},
       el("strong", {}, status), " ", response.description || "",
-      ...content.map(([type, media]) => el("div", {}, el("code", {}, type), " ", outline(doc, media.schema || {}))),
+      ...content.map(([type, media]) =>
+        el("div", {}, el("code", {}, type), " ", outline(doc, media.schema || {})),
+      ),
     );
   });
   section.append(el("ul", {}, ...rows));
@@ -122,7 +139,8 @@ async function main() {
   status.textContent = `${doc.info.title} ${doc.info.version}, OpenAPI ${doc.openapi}.`;
   document.getElementById("api-version").textContent = `v${doc.info.version}`;
   if (doc.info.description) {
-    document.getElementById("api-intro").append(...doc.info.description.split("\n\n").map((p) => el("p", {}, p)));
+    const paragraphs = doc.info.description.split("\n\n").map((p) => el("p", {}, p));
+    document.getElementById("api-intro").append(...paragraphs);
   }
   const groups = new Map();
   for (const [path, item] of Object.entries(doc.paths)) {
@@ -137,7 +155,15 @@ async function main() {
   const index = document.getElementById("api-index");
   const body = document.getElementById("api-operations");
   for (const [tag, ops] of groups) {
-    index.append(el("h2", {}, tag), el("ul", {}, ...ops.map(([m, p, op]) => el("li", {}, el("a", { href: `#${op.operationId || `${m}-${p}`}` }, `${m.toUpperCase()} ${p}`), op.summary ? ` — ${op.summary}` : ""))));
+    const links = ops.map(([m, p, op]) =>
+      el(
+        "li",
+        {},
+        el("a", { href: `#${op.operationId || `${m}-${p}`}` }, `${m.toUpperCase()} ${p}`),
+        op.summary ? ` — ${op.summary}` : "",
+      ),
+    );
+    index.append(el("h2", {}, tag), el("ul", {}, ...links));
     body.append(el("h2", {}, tag), ...ops.map(([m, p, op]) => operation(doc, m, p, op)));
   }
 }
