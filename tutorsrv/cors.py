@@ -22,6 +22,7 @@ from aiohttp import hdrs, web
 
 from .config import Config
 from .http_errors import APIError, Handler
+from .limits import normalise_origin
 
 ANY = "*"
 # Request headers a cross-origin page may send: the API's own.
@@ -34,12 +35,8 @@ MAX_AGE_SECONDS = 600
 CORS_ORIGINS = web.AppKey("cors_origins", frozenset[str])
 
 
-def normalise(origin: str) -> str:
-    return origin.strip().rstrip("/").lower()
-
-
 def setup(app: web.Application, config: Config) -> None:
-    origins = frozenset(normalise(o) for o in config.server.cors_origins)
+    origins = frozenset(normalise_origin(o) for o in config.server.cors_origins)
     app[CORS_ORIGINS] = origins
     if origins:
         app.on_response_prepare.append(add_headers)
@@ -51,7 +48,7 @@ def allowed(request: web.Request) -> str | None:
     if origin is None:
         return None
     origins = request.config_dict[CORS_ORIGINS]
-    return origin if ANY in origins or normalise(origin) in origins else None
+    return origin if ANY in origins or normalise_origin(origin) in origins else None
 
 
 @web.middleware

@@ -256,7 +256,8 @@ def limit_session_start(request: web.Request, account: str) -> None:
         raise _refuse(waited, "session starts")
 
 
-def _origin(value: str) -> str:
+def normalise_origin(value: str) -> str:
+    """An origin as compared here and in CORS: no spaces, no trailing slash, lower case."""
     return value.strip().rstrip("/").lower()
 
 
@@ -265,7 +266,7 @@ def origin_allowed(request: web.Request, allowed: frozenset[str], trust_forwarde
     origin = request.headers.get("Origin")
     if origin is None or not allowed:
         return True
-    origin = _origin(origin)
+    origin = normalise_origin(origin)
     if origin in allowed or "*" in allowed:
         return True
     # The pages this server serves itself call it from its own origin.
@@ -284,9 +285,9 @@ _CHECKED_PREFIXES = ("/api/", "/ws/")
 
 def make_origin_check(config: Config) -> Middleware:
     # Pages allowed to call the API cross-origin (CORS) may of course also reach it.
-    allowed = frozenset(_origin(o) for o in config.server.allowed_origins)
+    allowed = frozenset(normalise_origin(o) for o in config.server.allowed_origins)
     if allowed:
-        allowed |= {_origin(o) for o in config.server.cors_origins}
+        allowed |= {normalise_origin(o) for o in config.server.cors_origins}
     trust_forwarded = config.engine.trust_forwarded_headers
 
     @web.middleware

@@ -129,6 +129,12 @@ class Session:
             self.forgotten += drop
 
     @property
+    def status(self) -> str:
+        """Always "active": a session the engine holds is live, and ended ones are gone
+        (404). It is the old API's word, which its clients check; ``connection`` says more."""
+        return "active"
+
+    @property
     def connection(self) -> str:
         """Whether a student's socket is on the session: created (never yet), connected,
         disconnected (one was, none is now)."""
@@ -143,9 +149,7 @@ class Session:
             "student_id": self.student_id,
             "kb_id": self.kb_id,
             "tutor_name": self.tutor.name,
-            # A session the engine holds is live; ended ones are gone (404). "active" is the
-            # old API's word, which its clients check.
-            "status": "active",
+            "status": self.status,
             "connection": self.connection,
             "created_at": iso(self.created_at),
             "expires_at": iso(self.expires_at),

@@ -101,7 +101,7 @@ async def create_session(request: web.Request) -> web.Response:
             "session_id": session.id,
             "engine_url": engine_url(base, session.id, token),
             "engine_token": token,
-            "status": "active",
+            "status": session.status,
             "connection": session.connection,
             "expires_at": iso(session.expires_at),
         },

@@ -122,8 +122,9 @@ ACCOUNT_TOKENS = web.AppKey("account_tokens", AccountTokens)
 
 def make_authenticate(public: frozenset[tuple[str, str]]) -> object:
     """Middleware: /api/* needs a valid bearer token, except the ``(method, path)`` pairs in
-    ``public``. By method, not by path alone: ``GET /api/students/login`` is the route
-    ``/api/students/{student_id}``, which must not go unauthenticated."""
+    ``public``. By method, not by path alone: a public path's other methods may route to a
+    private handler (``GET /api/students/login`` once reached ``get_student`` with no
+    account). Requests that route nowhere (404, 405) pass, to get that answer."""
 
     @web.middleware
     async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
