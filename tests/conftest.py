@@ -23,6 +23,9 @@ from aiohttp.test_utils import TestClient
 from tutorsrv.app import create_app
 from tutorsrv.config import Config, load_config
 
+# tests/vllm/ drives a real vLLM from its own venv (make test-vllm sets TEST_VLLM_PYTHON).
+collect_ignore = [] if os.environ.get("TEST_VLLM_PYTHON") else ["vllm"]
+
 API_KEY = "test-engine-key-0123456789"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 

@@ -43,8 +43,17 @@ def clean_env(extra: dict[str, str]) -> dict[str, str]:
 class ServerProcess:
     """One server process; ``stop()`` sends SIGTERM and waits, ``kill()`` does not ask."""
 
-    def __init__(self, role: str, env: dict[str, str], cwd: Path, port: int | None = None):
+    def __init__(
+        self,
+        role: str,
+        env: dict[str, str],
+        cwd: Path,
+        port: int | None = None,
+        python: str = sys.executable,
+    ):
         self.role = role
+        # Another environment's interpreter runs this checkout's tutorsrv too (tests/vllm).
+        self.python = python
         self.port = port or free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.cwd = cwd
@@ -57,7 +66,7 @@ class ServerProcess:
     async def start(self, wait: float = 90.0) -> ServerProcess:
         log = self.log.open("a")
         self.proc = subprocess.Popen(  # noqa: ASYNC220 - spawns; never waited on in the loop
-            [*TUTORSRV, "run", "--role", self.role, "--port", str(self.port)],
+            [self.python, "-m", "tutorsrv", "run", "--role", self.role, "--port", str(self.port)],
             env=self.env,
             cwd=self.cwd,
             stdout=log,

@@ -1,8 +1,10 @@
-"""The vLLM adapter against a small fake of vLLM's V1 AsyncLLM interface (no GPU here)."""
+"""The vLLM adapter's own logic against a small fake of vLLM's AsyncLLM: engine arguments,
+counting, clean-up on failure. The real vLLM is driven by tests/vllm/ (make test-vllm)."""
 
 from __future__ import annotations
 
 import asyncio
+import sys
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from enum import Enum
@@ -11,7 +13,7 @@ from typing import Any
 import pytest
 
 from tutorsrv.engine.llm.base import GenerationStats, LLMLoadError
-from tutorsrv.engine.llm.vllm import VLLMBackend
+from tutorsrv.engine.llm.vllm import CPU_DEFAULT_KV_CACHE_BYTES, VLLMBackend
 
 
 class RequestOutputKind(Enum):
@@ -34,8 +36,15 @@ class AsyncEngineArgs:
     dtype: str
     gpu_memory_utilization: float
     tensor_parallel_size: int
+    enforce_eager: bool
     enable_prefix_caching: bool
     max_model_len: int | None = None
+    kv_cache_memory_bytes: int | None = None
+
+
+@dataclass
+class ChatParams:
+    chat_template: str | None = None
 
 
 @dataclass
@@ -54,121 +63,147 @@ class RequestOutput:
 
 
 class Tokenizer:
-    def apply_chat_template(
-        self, messages: list[dict], tokenize: bool, add_generation_prompt: bool
-    ):
-        assert tokenize is False and add_generation_prompt is True
-        return "".join(f"<{m['role']}>{m['content']}" for m in messages) + "<assistant>"
+    def encode(self, text: str, add_special_tokens: bool) -> list[int]:
+        return [0] * len(text.split())
+
+
+class Renderer:
+    """vLLM applies the model's chat template and tokenises (a word a token, here)."""
+
+    def __init__(self) -> None:
+        self.rendered: list[str] = []
+
+    async def render_chat_async(self, conversations: list[list[dict]], params: ChatParams):
+        assert isinstance(params, ChatParams)
+        prompts = []
+        for messages in conversations:
+            text = "".join(f"<{m['role']}>{m['content']}" for m in messages) + "<assistant>"
+            self.rendered.append(text)
+            prompts.append({"type": "token", "prompt_token_ids": [0] * len(text.split())})
+        return conversations, prompts
 
 
 @dataclass
 class FakeAsyncLLM:
-    """Streams the words of ``reply`` as DELTA outputs, one per event-loop turn."""
+    """Streams the words of ``reply`` as DELTA outputs, one per event-loop turn, each after
+    a token that adds no text (as a multi-byte character's first half does). Closing or
+    cancelling the stream drops the request, as vLLM's ``generate`` does."""
 
     args: AsyncEngineArgs
     reply: str = "Seven times eight is fifty six."
-    prompts: list[str] = field(default_factory=list)
+    renderer: Renderer = field(default_factory=Renderer)
     params: list[SamplingParams] = field(default_factory=list)
-    aborted: list[str] = field(default_factory=list)
+    unfinished: set[str] = field(default_factory=set)
     shut_down: bool = False
+    fail_tokenizer: bool = False
 
     @classmethod
     def from_engine_args(cls, args: AsyncEngineArgs) -> FakeAsyncLLM:
         if args.model == "missing/model":
-            raise OSError("no such model")
+            raise OSError("no such model\n(a long traceback's worth of detail)")
         FakeAsyncLLM.last = cls(args)  # type: ignore[attr-defined]
         return FakeAsyncLLM.last  # type: ignore[attr-defined]
 
-    async def get_tokenizer(self) -> Tokenizer:
+    def get_tokenizer(self) -> Tokenizer:
+        if self.args.model == "broken/tokenizer":
+            raise ValueError("tokenizer.json is corrupt")
         return Tokenizer()
 
-    async def generate(self, prompt: str, sampling_params: SamplingParams, request_id: str):
-        self.prompts.append(prompt)
-        self.params.append(sampling_params)
-        words = self.reply.split(" ")
-        for i, word in enumerate(words):
-            await asyncio.sleep(0)
-            last = i == len(words) - 1
-            yield RequestOutput(
-                prompt_token_ids=[1] * 12 if i == 0 else None,
-                outputs=[Completion((" " if i else "") + word, [i], "stop" if last else None)],
-                finished=last,
-                num_cached_tokens=8 if i == 0 else None,
-            )
+    def get_num_unfinished_requests(self) -> int:
+        return len(self.unfinished)
 
-    async def abort(self, request_id: str) -> None:
-        self.aborted.append(request_id)
+    async def generate(self, prompt: dict, sampling_params: SamplingParams, request_id: str):
+        assert prompt["type"] == "token"
+        self.params.append(sampling_params)
+        self.unfinished.add(request_id)
+        words = self.reply.split(" ")
+        try:
+            for i, word in enumerate(words):
+                await asyncio.sleep(0)
+                yield RequestOutput(None, [Completion("", [100 + i])], finished=False)
+                last = i == len(words) - 1
+                yield RequestOutput(
+                    prompt_token_ids=prompt["prompt_token_ids"],
+                    outputs=[Completion((" " if i else "") + word, [i], "stop" if last else None)],
+                    finished=last,
+                    num_cached_tokens=8 if i == 0 else None,
+                )
+        finally:
+            self.unfinished.discard(request_id)
 
     def shutdown(self) -> None:
         self.shut_down = True
 
 
-MODULES: dict[str, Any] = {
-    "AsyncLLM": FakeAsyncLLM,
-    "AsyncEngineArgs": AsyncEngineArgs,
-    "SamplingParams": SamplingParams,
-    "RequestOutputKind": RequestOutputKind,
-}
+def modules(*, cpu: bool = False) -> dict[str, Any]:
+    return {
+        "AsyncLLM": FakeAsyncLLM,
+        "AsyncEngineArgs": AsyncEngineArgs,
+        "SamplingParams": SamplingParams,
+        "RequestOutputKind": RequestOutputKind,
+        "ChatParams": ChatParams,
+        "is_cpu": lambda: cpu,
+    }
+
+
 MESSAGES = [
     {"role": "system", "content": "You are a tutor."},
     {"role": "user", "content": "What is 7 x 8?"},
 ]
 
 
-async def loaded(**kw: Any) -> tuple[VLLMBackend, FakeAsyncLLM]:
-    backend = VLLMBackend("org/model", vllm_modules=MODULES, max_model_len=4096, **kw)
+async def loaded(cpu: bool = False, **kw: Any) -> tuple[VLLMBackend, FakeAsyncLLM]:
+    backend = VLLMBackend("org/model", vllm_modules=modules(cpu=cpu), max_model_len=4096, **kw)
     await backend.load()
     return backend, FakeAsyncLLM.last  # type: ignore[attr-defined]
 
 
-async def test_engine_arguments_and_chat_template() -> None:
+async def test_engine_arguments_and_a_streamed_reply() -> None:
     backend, engine = await loaded(tensor_parallel_size=2, gpu_memory_utilization=0.5)
     assert engine.args == AsyncEngineArgs(
         model="org/model",
         dtype="auto",
         gpu_memory_utilization=0.5,
         tensor_parallel_size=2,
+        enforce_eager=False,
         enable_prefix_caching=True,
         max_model_len=4096,
     )
     stats = GenerationStats()
     text = "".join([p async for p in backend.stream(MESSAGES, stats)])
     assert text == "Seven times eight is fifty six."
-    assert engine.prompts == ["<system>You are a tutor.<user>What is 7 x 8?<assistant>"]
+    assert engine.renderer.rendered == ["<system>You are a tutor.<user>What is 7 x 8?<assistant>"]
     assert engine.params[0].output_kind is RequestOutputKind.DELTA
-    assert (stats.prompt_tokens, stats.cached_prompt_tokens) == (12, 8)
-    assert stats.completion_tokens == 6 and stats.finish_reason == "stop"
-    assert engine.aborted == []  # a finished request needs no abort
+    assert (stats.prompt_tokens, stats.cached_prompt_tokens) == (8, 8)
+    # Six words, each after a token with no text of its own: twelve tokens.
+    assert stats.completion_tokens == 12 and stats.finish_reason == "stop"
+    assert backend.engine_requests == 0 and backend.active == 0
+    assert backend.count_tokens("seven times eight") == 3
     await backend.close()
     assert engine.shut_down
 
 
-async def test_the_prompt_prefix_is_stable_across_turns() -> None:
-    backend, engine = await loaded()
-    first = [*MESSAGES]
-    second = [
-        *MESSAGES,
-        {"role": "assistant", "content": "56"},
-        {"role": "user", "content": "And 8 x 8?"},
-    ]
-    for messages in (first, second):
-        async for _ in backend.stream(messages, GenerationStats()):
-            pass
-    # Prefix caching pays off only if the second prompt starts with the first's history.
-    assert engine.prompts[1].startswith(engine.prompts[0].removesuffix("<assistant>"))
+async def test_a_cpu_engine_gets_a_kv_cache_of_its_own_size() -> None:
+    """On a CPU, vLLM reads gpu_memory_utilization as a share of all RAM: 0.9 fails."""
+    _, engine = await loaded(cpu=True)
+    assert engine.args.kv_cache_memory_bytes == CPU_DEFAULT_KV_CACHE_BYTES
+    _, engine = await loaded(cpu=True, kv_cache_bytes=123 << 20, enforce_eager=True)
+    assert engine.args.kv_cache_memory_bytes == 123 << 20 and engine.args.enforce_eager
 
 
-async def test_stopping_early_aborts_the_request() -> None:
+async def test_stopping_early_ends_the_request_in_vllm() -> None:
     backend, engine = await loaded()
+    engine.reply = " ".join(["word"] * 10_000)
     stats = GenerationStats()
     async with aclosing(backend.stream(MESSAGES, stats)) as stream:
         async for _ in stream:
+            assert backend.engine_requests == 1
             break
-    assert len(engine.aborted) == 1 and engine.aborted[0].startswith("tutorsrv-")
-    assert backend.active == 0
+    assert backend.engine_requests == 0 and backend.active == 0
+    assert stats.finish_reason == ""
 
 
-async def test_cancellation_aborts_the_request() -> None:
+async def test_cancellation_ends_the_request_in_vllm() -> None:
     backend, engine = await loaded()
     engine.reply = " ".join(["word"] * 10_000)
 
@@ -179,19 +214,37 @@ async def test_cancellation_aborts_the_request() -> None:
     task = asyncio.create_task(consume())
     for _ in range(5):
         await asyncio.sleep(0)
+    assert backend.engine_requests == 1
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert len(engine.aborted) == 1
+    assert backend.engine_requests == 0 and backend.active == 0
 
 
-async def test_a_model_that_cannot_load_stops_start_up() -> None:
-    backend = VLLMBackend("missing/model", vllm_modules=MODULES)
-    with pytest.raises(LLMLoadError, match="could not load 'missing/model'"):
+async def test_a_model_that_cannot_load_stops_start_up_in_one_line() -> None:
+    backend = VLLMBackend("missing/model", vllm_modules=modules())
+    with pytest.raises(LLMLoadError, match="could not load 'missing/model'") as caught:
+        await backend.load()
+    assert "\n" not in str(caught.value)
+
+
+async def test_a_failure_after_the_engine_started_shuts_it_down() -> None:
+    backend = VLLMBackend("broken/tokenizer", vllm_modules=modules())
+    with pytest.raises(LLMLoadError, match=r"tokenizer\.json is corrupt"):
+        await backend.load()
+    assert FakeAsyncLLM.last.shut_down  # type: ignore[attr-defined]
+
+
+async def test_a_local_path_that_does_not_exist_is_named() -> None:
+    backend = VLLMBackend("/srv/models/nowhere", vllm_modules=modules())
+    with pytest.raises(LLMLoadError, match="'/srv/models/nowhere' is not a folder"):
         await backend.load()
 
 
-async def test_without_vllm_installed_the_error_says_how_to_get_it() -> None:
+async def test_without_vllm_installed_the_error_says_how_to_get_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm raises ImportError
     backend = VLLMBackend("org/model")
     with pytest.raises(LLMLoadError, match=r"tutorsrv\[vllm\]"):
         await backend.load()

@@ -134,6 +134,12 @@ class LLMConfig:
     vllm_max_model_len: int = 0
     vllm_gpu_memory_utilization: float = 0.9
     vllm_tensor_parallel_size: int = 1
+    # vllm: KV cache size in bytes. 0: from vllm_gpu_memory_utilization on a GPU, 1 GiB on a
+    # CPU (where vLLM would read that share as a share of all RAM).
+    vllm_kv_cache_bytes: int = 0
+    # vllm: no CUDA graphs / torch.compile. Slower replies on a GPU; on a CPU it cuts the
+    # start from ~2 min to ~20 s.
+    vllm_enforce_eager: bool = False
     # llamacpp: run the model in a child process that the engine restarts if it dies (a crash
     # of native code then ends one reply, not every session). false: in the engine's process.
     out_of_process: bool = True
@@ -509,6 +515,7 @@ def validate(config: Config) -> None:
         raise ConfigError("llm.vllm_gpu_memory_utilization: must be in (0, 1]")
     _positive("llm.vllm_tensor_parallel_size", m.vllm_tensor_parallel_size)
     _positive("llm.vllm_max_model_len", m.vllm_max_model_len, allow_zero=True)
+    _positive("llm.vllm_kv_cache_bytes", m.vllm_kv_cache_bytes, allow_zero=True)
     _positive("web.engine_health_interval_seconds", w.engine_health_interval_seconds)
     if m.backend not in LLM_BACKENDS:
         raise ConfigError(f"llm.backend: {m.backend!r} is not one of {', '.join(LLM_BACKENDS)}")

@@ -191,13 +191,23 @@ class _ScrapeTimeCollector(Collector):
                 "model processes started again after one died",
                 labels=["model"],
             )
+            in_engine = GaugeMetricFamily(
+                PREFIX + "llm_engine_requests",
+                "requests the model's own engine still holds (vllm): 0 when idle, so a "
+                "request that outlives its reply shows here",
+                labels=["model"],
+            )
             for name, llm in models.items():
                 ready.add_metric([name], 1 if llm.ready else 0)
                 count = getattr(llm, "restarts", None)
                 if count is not None:
                     restarts.add_metric([name], count)
+                held = getattr(llm, "engine_requests", None)
+                if held is not None:
+                    in_engine.add_metric([name], held)
             yield ready
             yield restarts
+            yield in_engine
         backplane = self._app.get(BACKPLANE)
         if backplane is not None:
             yield GaugeMetricFamily(

@@ -124,11 +124,6 @@ class OpenAIBackend:
             resp = await self._open(body)
             try:
                 async for event in _events(resp):
-                    usage = event.get("usage")
-                    if usage:
-                        stats.prompt_tokens = usage.get("prompt_tokens", stats.prompt_tokens)
-                        details = usage.get("prompt_tokens_details") or {}
-                        stats.cached_prompt_tokens = details.get("cached_tokens") or 0
                     for choice in event.get("choices") or []:
                         text = (choice.get("delta") or {}).get("content")
                         if text:
@@ -136,6 +131,16 @@ class OpenAIBackend:
                             yield text
                         if choice.get("finish_reason"):
                             stats.finish_reason = choice["finish_reason"]
+                    usage = event.get("usage")
+                    if usage:
+                        stats.prompt_tokens = usage.get("prompt_tokens", stats.prompt_tokens)
+                        details = usage.get("prompt_tokens_details") or {}
+                        stats.cached_prompt_tokens = details.get("cached_tokens") or 0
+                        # The server's count, where it gives one, over one per piece: a
+                        # piece may hold several tokens, or none (vLLM).
+                        counted = usage.get("completion_tokens")
+                        if isinstance(counted, int) and counted >= 0:
+                            stats.completion_tokens = counted
             finally:
                 # Closing (not releasing) drops the connection: the server aborts the request.
                 resp.close()

