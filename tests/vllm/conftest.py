@@ -12,7 +12,7 @@ import signal
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,6 +100,22 @@ def kill_group(pgid: int) -> None:
         pass
 
 
+def wait_healthy(url: str, proc: subprocess.Popen, output: Callable[[], str], limit: float) -> None:
+    """Poll ``url`` + /health until it answers 200; fail with the process's output if it
+    exits or takes longer than ``limit`` seconds (module fixtures have no event loop)."""
+    deadline = time.monotonic() + limit
+    while True:
+        assert proc.poll() is None, f"exited {proc.returncode}:\n{output()[-6000:]}"
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, f"not healthy in {limit:.0f} s:\n{output()[-6000:]}"
+        time.sleep(0.5)
+
+
 @dataclass
 class VLLMServer:
     """vLLM's OpenAI-compatible server (``python -m vllm.entrypoints.openai.api_server``;
@@ -150,17 +166,7 @@ def vllm_server(
         )
     server = VLLMServer(f"http://127.0.0.1:{port}", "smollm2", proc, log)
     try:
-        deadline = time.monotonic() + 240
-        while True:
-            assert proc.poll() is None, f"vLLM's server exited:\n{server.output()[-4000:]}"
-            try:
-                with urllib.request.urlopen(server.url + "/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, f"vLLM's server did not start:\n{server.output()}"
-            time.sleep(0.5)
+        wait_healthy(server.url, proc, server.output, 240)
         yield server
     finally:
         proc.terminate()

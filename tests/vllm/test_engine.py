@@ -13,8 +13,6 @@ import shutil
 import signal
 import struct
 import subprocess
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +26,7 @@ from ..conftest import AUTH, receive_json
 from ..processes import ServerProcess
 from ..speech import receive_until as receive_heard
 from ..speech import send_pcm, utterance_pcm
-from .conftest import PERSONA, engine_env, kill_group, wait_group_gone
+from .conftest import PERSONA, engine_env, kill_group, wait_group_gone, wait_healthy
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -45,17 +43,7 @@ def start(server: ServerProcess, wait: float = 240.0) -> None:
         text=True,
         start_new_session=True,
     )
-    deadline = time.monotonic() + wait
-    while True:
-        assert server.proc.poll() is None, f"the engine exited:\n{server.output()[-6000:]}"
-        try:
-            with urllib.request.urlopen(server.base + "/health", timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
-        assert time.monotonic() < deadline, f"the engine did not start:\n{server.output()}"
-        time.sleep(0.5)
+    wait_healthy(server.base, server.proc, server.output, wait)
 
 
 @pytest.fixture(scope="module")
@@ -170,18 +158,27 @@ async def test_an_interrupt_stops_the_reply_and_aborts_it_in_vllm(engine: Server
         await ws.close()
 
 
-async def test_a_spoken_turn_is_heard_answered_and_spoken(engine: ServerProcess) -> None:
+async def test_a_spoken_conversation(engine: ServerProcess) -> None:
     async with aiohttp.ClientSession() as http:
         ws = await open_session(http, engine, system_prompt="You are a maths tutor.")
-        await send_pcm(ws, utterance_pcm("What is seven times eight?"))
-        heard = await receive_heard(ws, "response_done", wait=120)
-        said = heard.events("transcription")[0]["content"].lower()
-        assert "seven" in said or "7" in said, said
-        assert heard.events("text")[0]["content"].strip()
-        start, end = heard.index("audio_start"), heard.index("audio_end")
-        assert len(heard.audio_between(start, end)) > 22050  # over half a second of speech
-        metrics = heard.events("response_done")[0]["metrics"]
-        assert metrics["asr_ms"] > 0 and metrics["speech_to_first_audio_ms"] > 0
+        seen = []
+        for question, keys in (
+            ("What is seven times eight?", ("seven", "7")),
+            ("And what is half of ten?", ("half",)),
+        ):
+            await send_pcm(ws, utterance_pcm(question))
+            heard = await receive_heard(ws, "response_done", wait=120)
+            said = heard.events("transcription")[0]["content"].lower()
+            assert any(key in said for key in keys), said
+            assert heard.events("text")[0]["content"].strip()
+            start, end = heard.index("audio_start"), heard.index("audio_end")
+            assert len(heard.audio_between(start, end)) > 22050  # over half a second
+            metrics = heard.events("response_done")[0]["metrics"]
+            assert metrics["asr_ms"] > 0 and metrics["speech_to_first_audio_ms"] > 0
+            seen.append(metrics)
+        # The second turn's prompt held the first question and answer.
+        first, second = seen
+        assert second["prompt_tokens"] > first["prompt_tokens"] + first["tokens"] // 2
         await ws.close()
 
 
