@@ -12,8 +12,10 @@ from typing import Any
 
 import pytest
 
-from tutorsrv.engine.llm.base import GenerationStats, LLMLoadError
+from tutorsrv.engine.llm.base import GenerationStats, LLMLoadError, LLMUnavailable
 from tutorsrv.engine.llm.vllm import CPU_DEFAULT_KV_CACHE_BYTES, VLLMBackend
+
+from .conftest import eventually
 
 
 class RequestOutputKind(Enum):
@@ -95,7 +97,8 @@ class FakeAsyncLLM:
     params: list[SamplingParams] = field(default_factory=list)
     unfinished: set[str] = field(default_factory=set)
     shut_down: bool = False
-    fail_tokenizer: bool = False
+    errored: bool = False  # vLLM's engine processes died
+    die_after: int = -1  # outputs streamed before the engine dies
 
     @classmethod
     def from_engine_args(cls, args: AsyncEngineArgs) -> FakeAsyncLLM:
@@ -120,6 +123,9 @@ class FakeAsyncLLM:
         try:
             for i, word in enumerate(words):
                 await asyncio.sleep(0)
+                if i == self.die_after:
+                    self.errored = True
+                    raise RuntimeError("EngineDeadError")
                 yield RequestOutput(None, [Completion("", [100 + i])], finished=False)
                 last = i == len(words) - 1
                 yield RequestOutput(
@@ -248,3 +254,37 @@ async def test_without_vllm_installed_the_error_says_how_to_get_it(
     backend = VLLMBackend("org/model")
     with pytest.raises(LLMLoadError, match=r"tutorsrv\[vllm\]"):
         await backend.load()
+
+
+async def test_a_dead_engine_fails_turns_clearly_and_is_started_again() -> None:
+    backend, engine = await loaded()
+    engine.die_after = 2
+    stats = GenerationStats()
+    with pytest.raises(LLMUnavailable, match="starting again"):
+        async for _ in backend.stream(MESSAGES, stats):
+            pass
+    assert not backend.ready and backend.last_failure
+    # Turns while it restarts fail at once, with the same clear error.
+    with pytest.raises(LLMUnavailable, match="try again"):
+        async for _ in backend.stream(MESSAGES, GenerationStats()):
+            pass
+    await eventually(lambda: backend.ready, "the restarted engine")
+    assert engine.shut_down  # the dead one was shut down
+    assert FakeAsyncLLM.last is not engine and backend.restarts == 1  # type: ignore[attr-defined]
+    text = "".join([p async for p in backend.stream(MESSAGES, GenerationStats())])
+    assert text == "Seven times eight is fifty six."
+    await backend.close()
+
+
+async def test_an_error_that_is_not_the_engine_dying_is_passed_on() -> None:
+    backend, engine = await loaded()
+
+    async def refuse(*args: Any) -> Any:
+        raise ValueError("prompt longer than max_model_len")
+        yield
+
+    engine.generate = refuse  # type: ignore[method-assign]
+    with pytest.raises(ValueError, match="max_model_len"):
+        async for _ in backend.stream(MESSAGES, GenerationStats()):
+            pass
+    assert backend.ready and backend.restarts == 0

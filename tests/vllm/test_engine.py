@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psutil
 import pytest
 
 from tutorsrv.engine.protocol import SUBPROTOCOL
 
-from ..conftest import AUTH, receive_json
+from ..conftest import AUTH, eventually, receive_json
 from ..processes import ServerProcess
 from ..speech import receive_until as receive_heard
 from ..speech import send_pcm, utterance_pcm
@@ -182,13 +183,58 @@ async def test_a_spoken_conversation(engine: ServerProcess) -> None:
         await ws.close()
 
 
+async def test_a_killed_vllm_engine_fails_turns_clearly_and_comes_back(
+    engine: ServerProcess,
+) -> None:
+    assert engine.proc is not None
+    cores = [
+        child
+        for child in psutil.Process(engine.proc.pid).children()
+        if "EngineCore" in child.name() or "EngineCore" in " ".join(child.cmdline())
+    ]
+    assert cores, "no vLLM EngineCore process under the engine"
+    for core in cores:
+        core.kill()
+    async with aiohttp.ClientSession() as http:
+
+        async def health_where(check: Any) -> tuple[int, dict[str, Any]] | None:
+            async with http.get(engine.base + "/health") as resp:
+                body = await resp.json()
+                return (resp.status, body) if check(body["llm"]) else None
+
+        # Seen within a second or so, with nobody talking.
+        status, body = await eventually(
+            lambda: health_where(lambda llm: not llm["ready"] and llm["last_failure"]),
+            "/health to see vLLM's engine gone",
+            limit=30,
+        )
+        assert status == 503
+        ws = await open_session(http, engine)
+        await ws.send_json({"type": "text", "content": "Say hello."})
+        heard = await receive_heard(ws, "interrupted", wait=60)
+        error = heard.events("error")[0]
+        assert error["code"] == "generation_failed" and "try again" in error["content"]
+        # The engine starts vLLM again by itself; the same socket is answered after that.
+        status, body = await eventually(
+            lambda: health_where(lambda llm: llm["ready"]), "vLLM's engine to be back", limit=180
+        )
+        assert body["llm"]["restarts"] == 1
+        await ws.send_json({"type": "text", "content": "What is seven times eight?"})
+        heard = await receive_heard(ws, "response_done", wait=120)
+        assert heard.events("text")[0]["content"].strip()
+        await ws.close()
+    assert engine.proc.poll() is None
+
+
 def test_sigterm_stops_the_engine_and_vllm_cleanly(engine: ServerProcess) -> None:
     """Last in this module: it stops the shared engine."""
     assert engine.proc is not None
+    before = len(engine.output())
     engine.proc.send_signal(signal.SIGTERM)
     assert engine.proc.wait(timeout=90) == 0, engine.output()[-4000:]
     assert wait_group_gone(engine.proc.pid) == []
-    assert "Traceback" not in engine.output()
+    # The log of the stop itself (the killed engine above logged its own crash).
+    assert "Traceback" not in engine.output()[before:]
 
 
 def test_a_folder_that_is_not_a_model_exits_3_naming_it(vllm_python: str, tmp_path: Path) -> None:

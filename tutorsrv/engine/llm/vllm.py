@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from .base import ChatMessage, GenerationStats, LLMLoadError
+from .base import ChatMessage, GenerationStats, LLMLoadError, LLMUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +35,14 @@ log = logging.getLogger(__name__)
 CPU_DEFAULT_KV_CACHE_BYTES = 1 << 30
 
 
+# After a failed restart of a dead engine, the wait before the next try.
+RESTART_RETRY_SECONDS = 10.0
+# How often the engine's liveness is checked, so that a death is seen while nobody talks.
+WATCH_SECONDS = 1.0
+
+
 class VLLMBackend:
     name = "vllm"
-    ready = True
 
     def __init__(
         self,
@@ -70,13 +75,25 @@ class VLLMBackend:
         self.max_tokens = max_tokens
         self.temperature = temperature
         self.top_p = top_p
-        # Tests pass stand-ins for the vLLM names used here; normally imported in load().
+        # The vLLM names used here: imported by load(), unless a test passes stand-ins.
         self._modules = vllm_modules
         self._engine: Any = None
         self._tokenizer: Any = None
         self._sampling: Any = None
         self._chat: Any = None
+        self._args: Any = None
+        self._restarting: asyncio.Task[None] | None = None
+        self._watching: asyncio.Task[None] | None = None
         self.active = 0
+        # vLLM's engine processes died and were started again; why, the last time.
+        self.restarts = 0
+        self.last_failure = ""
+
+    @property
+    def ready(self) -> bool:
+        """False while vLLM's engine is dead or being started again."""
+        engine = self._engine
+        return engine is not None and self._restarting is None and not engine.errored
 
     @property
     def engine_requests(self) -> int:
@@ -93,17 +110,64 @@ class VLLMBackend:
         try:
             # Building the arguments already resolves the model (a bad name fails here), and
             # from_engine_args starts the engine processes and waits for them to load it.
-            args = modules["AsyncEngineArgs"](**kwargs)
-            self._engine = await asyncio.to_thread(modules["AsyncLLM"].from_engine_args, args)
-            self._tokenizer = self._engine.get_tokenizer()
+            self._args = modules["AsyncEngineArgs"](**kwargs)
+            await self._start(modules)
         except Exception as e:
             await self.close()
             raise LLMLoadError(f"vLLM could not load {self.model!r}: {_first_line(e)}") from None
+        self._modules = modules
         self._sampling = modules["SamplingParams"]
         self._delta = modules["RequestOutputKind"].DELTA
         self._chat = modules["ChatParams"]()
+        self._watching = asyncio.create_task(self._watch())
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(WATCH_SECONDS)
+            if self._restarting is None and self._engine is not None and self._engine.errored:
+                self._engine_died()
+
+    async def _start(self, modules: dict[str, Any]) -> None:
+        self._engine = await asyncio.to_thread(modules["AsyncLLM"].from_engine_args, self._args)
+        self._tokenizer = self._engine.get_tokenizer()
+
+    def _engine_died(self) -> None:
+        """vLLM's engine processes are gone (killed, out of memory, a crash in a kernel): every
+        turn fails at once with a clear error while one task starts them again."""
+        if self._restarting is None:
+            self.last_failure = "vLLM's engine processes stopped"
+            log.error("%s; starting them again", self.last_failure)
+            self._restarting = asyncio.create_task(self._restart())
+
+    async def _restart(self) -> None:
+        assert self._modules is not None
+        try:
+            await self._shutdown()
+            while True:
+                try:
+                    await self._start(self._modules)
+                    break
+                except Exception as e:
+                    self.last_failure = f"vLLM could not start again: {_first_line(e)}"
+                    log.error("%s; next try in %.0f s", self.last_failure, RESTART_RETRY_SECONDS)
+                    await self._shutdown()
+                    await asyncio.sleep(RESTART_RETRY_SECONDS)
+            self.restarts += 1
+            log.warning("vLLM's engine is back (restart %d)", self.restarts)
+        finally:
+            self._restarting = None
 
     async def close(self) -> None:
+        # A start already under way in its thread cannot be stopped; vLLM's processes end
+        # with this one.
+        for task in (self._watching, self._restarting):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._watching = self._restarting = None
+        await self._shutdown()
+
+    async def _shutdown(self) -> None:
         engine, self._engine = self._engine, None
         if engine is None:
             return
@@ -135,7 +199,11 @@ class VLLMBackend:
         max_tokens: int | None = None,
         tenant: str | None = None,
     ) -> AsyncIterator[str]:
-        if self._engine is None:
+        engine = self._engine
+        if self._restarting is not None or (engine is not None and engine.errored):
+            self._engine_died()
+            raise LLMUnavailable("the model is starting again; try again in a minute")
+        if engine is None:
             raise RuntimeError("the vllm backend is not loaded")
         params = self._sampling(
             max_tokens=max_tokens or self.max_tokens,
@@ -145,12 +213,12 @@ class VLLMBackend:
         )
         self.active += 1
         try:
-            _, (prompt,) = await self._engine.renderer.render_chat_async([messages], self._chat)
+            _, (prompt,) = await engine.renderer.render_chat_async([messages], self._chat)
             stats.prompt_tokens = len(prompt["prompt_token_ids"])
             request_id = "tutorsrv-" + uuid.uuid4().hex
             # Closing the generator (the student interrupted, the socket went) is what makes
             # vLLM abort the request and free its batch slot and KV blocks at once.
-            outputs = self._engine.generate(prompt, params, request_id)
+            outputs = engine.generate(prompt, params, request_id)
             async with contextlib.aclosing(outputs):
                 async for output in outputs:
                     if output.num_cached_tokens:
@@ -163,6 +231,11 @@ class VLLMBackend:
                         stats.finish_reason = completion.finish_reason or "stop"
                     if completion.text:
                         yield completion.text
+        except Exception:
+            if not engine.errored:
+                raise
+            self._engine_died()
+            raise LLMUnavailable("the model stopped and is starting again") from None
         finally:
             self.active -= 1
 
