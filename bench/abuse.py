@@ -375,7 +375,6 @@ async def run(args: argparse.Namespace) -> None:
             "TUTORSRV_LLM_TEMPERATURE": "0",
             "TUTORSRV_LLM_MODEL": args.model,
             "TUTORSRV_ENGINE_MAX_SESSIONS": "10",
-            "TUTORSRV_ENGINE_TRUST_FORWARDED_HEADERS": "false",
             # Victim and attacker share 127.0.0.1 here, and the victim probes far more often
             # than a person: the per-account and per-address login and session budgets are
             # lifted so that they measure the server, not the rate limits. (Registrations keep

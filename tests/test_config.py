@@ -20,13 +20,15 @@ def test_environment_overrides_file_with_typed_values(tmp_path: Path) -> None:
         environ={
             "TUTORSRV_ENGINE_MAX_SESSIONS": "25",
             "TUTORSRV_ENGINE_SESSION_TIMEOUT_SECONDS": "90",
-            "TUTORSRV_ENGINE_TRUST_FORWARDED_HEADERS": "false",
+            "TUTORSRV_LLM_OUT_OF_PROCESS": "false",
+            "TUTORSRV_SERVER_TRUSTED_PROXIES": "127.0.0.1, 10.0.0.0/8",
             "TUTORSRV_LLM_BACKEND": "scripted",
         },
     )
     assert config.engine.max_sessions == 25
     assert config.engine.session_timeout_seconds == 90.0
-    assert config.engine.trust_forwarded_headers is False
+    assert config.llm.out_of_process is False
+    assert config.server.trusted_proxies == ["127.0.0.1", "10.0.0.0/8"]
     assert config.engine.public_url == "https://a.example"  # from the file, not overridden
     assert config.llm.backend == "scripted"
 
@@ -45,7 +47,10 @@ def test_config_path_from_environment(tmp_path: Path) -> None:
         ("[enigne]\napi_key = 'x'\n", "enigne"),
         ("[engine]\nmax_sessions = 'ten'\n", "engine.max_sessions"),
         ("[engine]\nmax_sessions = 0\n", "engine.max_sessions"),
-        ("[engine]\ntrust_forwarded_headers = 1\n", "engine.trust_forwarded_headers"),
+        ("[llm]\nout_of_process = 1\n", "llm.out_of_process"),
+        ("[engine]\ntrust_forwarded_headers = true\n", "no longer a setting.*trusted_proxies"),
+        ("[server]\ntrusted_proxies = ['nginx']\n", "server.trusted_proxies: 'nginx'"),
+        ("[server]\ntrusted_proxies = ['10.0.0.0/33']\n", "server.trusted_proxies"),
         ("[engine]\npublic_url = 'engine.example'\n", "engine.public_url"),
         ("[engine]\napi_key = 'short'\n", "engine.api_key"),
         ("[llm]\nbackend = 'gpt'\n", "llm.backend"),
@@ -67,7 +72,8 @@ def test_bad_file_values_name_the_key(tmp_path: Path, text: str, named: str) -> 
         ("TUTORSRV_ENGINE_MAX_SESSIONS", "many", "TUTORSRV_ENGINE_MAX_SESSIONS"),
         ("TUTORSRV_ENGINE_NOPE", "1", "unknown key 'nope'"),
         ("TUTORSRV_NOSECTION_KEY", "1", "TUTORSRV_NOSECTION_KEY"),
-        ("TUTORSRV_ENGINE_TRUST_FORWARDED_HEADERS", "maybe", "TRUST_FORWARDED_HEADERS"),
+        ("TUTORSRV_LLM_OUT_OF_PROCESS", "maybe", "OUT_OF_PROCESS"),
+        ("TUTORSRV_ENGINE_TRUST_FORWARDED_HEADERS", "true", "server.trusted_proxies"),
         ("TUTORSRV_ENGINE_SESSION_TIMEOUT_SECONDS", "-5", "engine.session_timeout_seconds"),
     ],
 )

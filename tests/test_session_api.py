@@ -86,7 +86,10 @@ async def test_engine_url_follows_the_host_the_caller_used(client: TestClient) -
     assert "localhost" not in url and "127.0.0.1" not in url
 
 
-async def test_engine_url_from_forwarded_headers(client: TestClient) -> None:
+async def test_engine_url_from_a_trusted_proxys_forwarded_headers(
+    make_client: MakeClient,
+) -> None:
+    client = await make_client(server={"trusted_proxies": ["127.0.0.0/8"]})
     resp = await client.post(
         "/v1/sessions",
         json={"tutor_id": "t", "student_id": "s"},
@@ -99,15 +102,21 @@ async def test_engine_url_from_forwarded_headers(client: TestClient) -> None:
     assert (await resp.json())["engine_url"].startswith("wss://tutors.school.example/ws/ws/")
 
 
-async def test_forwarded_headers_ignored_when_not_trusted(make_client: MakeClient) -> None:
-    client = await make_client(engine={"trust_forwarded_headers": False})
-    resp = await client.post(
-        "/v1/sessions",
-        json={"tutor_id": "t", "student_id": "s"},
-        headers={**AUTH, "X-Forwarded-Host": "evil.example", "X-Forwarded-Proto": "https"},
-    )
-    url = (await resp.json())["engine_url"]
-    assert url.startswith(f"ws://{client.server.host}:{client.server.port}/")
+async def test_forwarded_headers_ignored_without_a_trusted_proxy(
+    make_client: MakeClient,
+) -> None:
+    # The default: no proxy is trusted, so anyone's X-Forwarded-Host is just a header.
+    for client in (
+        await make_client(),
+        await make_client(server={"trusted_proxies": ["10.0.0.0/8"]}),  # not this peer
+    ):
+        resp = await client.post(
+            "/v1/sessions",
+            json={"tutor_id": "t", "student_id": "s"},
+            headers={**AUTH, "X-Forwarded-Host": "evil.example", "X-Forwarded-Proto": "https"},
+        )
+        url = (await resp.json())["engine_url"]
+        assert url.startswith(f"ws://{client.server.host}:{client.server.port}/")
 
 
 async def test_engine_url_from_configured_public_url(make_client: MakeClient) -> None:
@@ -121,7 +130,8 @@ async def test_engine_url_from_configured_public_url(make_client: MakeClient) ->
     assert body["engine_url"].startswith(f"wss://edge.example/engine/ws/ws/{body['session_id']}?")
 
 
-async def test_bad_host_header_is_refused_and_creates_nothing(client: TestClient) -> None:
+async def test_bad_host_header_is_refused_and_creates_nothing(make_client: MakeClient) -> None:
+    client = await make_client(server={"trusted_proxies": ["127.0.0.1"]})
     resp = await client.post(
         "/v1/sessions",
         json={"tutor_id": "t", "student_id": "s"},

@@ -73,6 +73,8 @@ def processes(tmp_path: Path, database_url: str) -> tuple[ServerProcess, ServerP
         engine_env=SLOW_SCRIPTED,
         web_env={
             "TUTORSRV_WEB_PROXY_WEBSOCKET": "true",
+            # As behind a TLS proxy on the same machine: its X-Forwarded-* are believed.
+            "TUTORSRV_SERVER_TRUSTED_PROXIES": "127.0.0.1",
             "TUTORSRV_SERVER_SHUTDOWN_TIMEOUT_SECONDS": "5",
             # The proxy holds browser frames to the engines' limit, read from its own config.
             "TUTORSRV_ENGINE_MAX_MESSAGE_BYTES": "4096",

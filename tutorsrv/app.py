@@ -25,7 +25,7 @@ import asyncpg
 import jinja2
 from aiohttp import web
 
-from . import api_docs, cors, limits, metrics, pages
+from . import api_docs, cors, forwarded, limits, metrics, pages
 from .appkeys import (
     BACKPLANE,
     CONFIG,
@@ -96,6 +96,8 @@ def create_app(config: Config, role: str) -> web.Application:
     # preflights are answered before any origin or account check.
     middlewares = [
         metrics.count_requests,
+        # Before anything reads the client's address, scheme or host.
+        forwarded.middleware(forwarded.parse_networks(config.server.trusted_proxies)),
         json_errors,
         cors.preflight,
         limits.make_origin_check(config),

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from .forwarded import parse_networks
+
 ENV_PREFIX = "TUTORSRV_"
 # Variables with the prefix that are not settings.
 ENV_NOT_SETTINGS = {"TUTORSRV_CONFIG"}
@@ -54,6 +56,11 @@ class ServerConfig:
     # (cookies) are never allowed: the API takes bearer tokens. These origins also pass the
     # allowed_origins check.
     cors_origins: list[str] = field(default_factory=list)
+    # Proxies in front of this server (nginx, Caddy, a load balancer, the web role's WebSocket
+    # proxy), as addresses or CIDR ranges: ["127.0.0.1", "10.0.0.0/8"]. Their X-Forwarded-For,
+    # -Proto and -Host say who the client is and which URL it used. Empty: nobody's are
+    # believed, and the client is the connection's peer.
+    trusted_proxies: list[str] = field(default_factory=list)
     # Attempts per minute at logging in and at starting sessions, per account and per client
     # IP (a class behind one school NAT address shares the IP budget); beyond them 429 with
     # Retry-After. 0 switches a limit off.
@@ -80,9 +87,8 @@ class EngineConfig:
     max_session_seconds: float = 4 * 3600.0
     reaper_interval_seconds: float = 5.0
     # Base of the engine_url handed to browsers, e.g. "https://engine.school.example".
-    # Empty: derived from each request's Host / X-Forwarded-* headers.
+    # Empty: derived from each request's Host (or a trusted proxy's X-Forwarded-Host/-Proto).
     public_url: str = ""
-    trust_forwarded_headers: bool = True
     # Largest WebSocket frame accepted; a bigger one closes the socket with 1009.
     max_message_bytes: int = 1024 * 1024
     # Longest student text turn accepted (characters); longer ones get an error, socket stays open.
@@ -358,6 +364,15 @@ def _apply_environment(config: Config, environ: Mapping[str, str]) -> None:
         _set(config, section, key, raw, source=f"environment variable {name}", from_text=True)
 
 
+# Settings that were removed, and what took their place.
+REPLACED = {
+    ("engine", "trust_forwarded_headers"): (
+        "forwarded headers are believed only from the proxies listed in server.trusted_proxies "
+        '(e.g. ["127.0.0.1"] for nginx or Caddy on the same machine)'
+    ),
+}
+
+
 def _set(
     config: Config, section: str, key: str, value: Any, *, source: str, from_text: bool = False
 ) -> None:
@@ -365,6 +380,8 @@ def _set(
     if section_obj is None or not dataclasses.is_dataclass(section_obj):
         raise ConfigError(f"{source}: unknown section [{section}]")
     hints = typing.get_type_hints(type(section_obj))
+    if (section, key) in REPLACED:
+        raise ConfigError(f"{source}: no longer a setting: {REPLACED[section, key]}")
     if key not in hints:
         known = ", ".join(sorted(hints)) or "none yet"
         raise ConfigError(f"{source}: unknown key '{key}' in [{section}] (known keys: {known})")
@@ -436,6 +453,10 @@ def validate(config: Config) -> None:
     _positive("server.ws_messages_per_second", s.ws_messages_per_second, allow_zero=True)
     for origin in s.allowed_origins:
         _origin("server.allowed_origins", origin)
+    try:
+        parse_networks(s.trusted_proxies)
+    except ValueError as e:
+        raise ConfigError(f"server.trusted_proxies: {e}") from None
     for origin in s.cors_origins:
         if origin != "*":
             _origin("server.cors_origins", origin)

@@ -186,7 +186,6 @@ class Limits:
     sessions: RateLimiter
     sessions_ip: RateLimiter
     registrations_ip: RateLimiter
-    trust_forwarded: bool
 
     @classmethod
     def from_config(cls, config: Config) -> Limits:
@@ -200,20 +199,15 @@ class Limits:
             sessions_ip=RateLimiter(server.session_rate_per_ip_per_minute),
             # Registration creates an organisation and costs a password hash: per hour.
             registrations_ip=RateLimiter(server.registration_rate_per_ip_per_hour, period=3600),
-            trust_forwarded=config.engine.trust_forwarded_headers,
         )
 
 
 LIMITS = web.AppKey("limits", Limits)
 
 
-def client_ip(request: web.Request, trust_forwarded: bool) -> str:
-    """The client's address: the peer, or with trusted forwarded headers the first entry of
-    ``X-Forwarded-For`` (the address the first proxy saw)."""
-    if trust_forwarded:
-        forwarded = request.headers.get("X-Forwarded-For", "").split(",")[0].strip()
-        if forwarded:
-            return forwarded
+def client_ip(request: web.Request) -> str:
+    """The client's address: the peer's, or the one a trusted proxy forwarded (the
+    ``forwarded`` middleware has already put it in ``request.remote``)."""
     return request.remote or "unknown"
 
 
@@ -231,7 +225,7 @@ def limit_login(request: web.Request, email: str | None) -> None:
     """Count a login attempt (admin or student) by client IP and by email; 429 beyond.
     Called before the password is checked: failed and successful attempts count alike."""
     limits = request.config_dict[LIMITS]
-    waited = limits.login_ip.hit("ip:" + client_ip(request, limits.trust_forwarded))
+    waited = limits.login_ip.hit("ip:" + client_ip(request))
     if not waited and email:
         waited = limits.login.hit("account:" + email.lower())
     if waited:
@@ -241,7 +235,7 @@ def limit_login(request: web.Request, email: str | None) -> None:
 def limit_registration(request: web.Request) -> None:
     """Count a registration by client IP; 429 beyond. Called before the password is hashed."""
     limits = request.config_dict[LIMITS]
-    waited = limits.registrations_ip.hit("ip:" + client_ip(request, limits.trust_forwarded))
+    waited = limits.registrations_ip.hit("ip:" + client_ip(request))
     if waited:
         raise _refuse(waited, "registrations from this address")
 
@@ -249,7 +243,7 @@ def limit_registration(request: web.Request) -> None:
 def limit_session_start(request: web.Request, account: str) -> None:
     """Count a session start by client IP and by account; 429 beyond."""
     limits = request.config_dict[LIMITS]
-    waited = limits.sessions_ip.hit("ip:" + client_ip(request, limits.trust_forwarded))
+    waited = limits.sessions_ip.hit("ip:" + client_ip(request))
     if not waited:
         waited = limits.sessions.hit("account:" + account)
     if waited:
@@ -261,7 +255,7 @@ def normalise_origin(value: str) -> str:
     return value.strip().rstrip("/").lower()
 
 
-def origin_allowed(request: web.Request, allowed: frozenset[str], trust_forwarded: bool) -> bool:
+def origin_allowed(request: web.Request, allowed: frozenset[str]) -> bool:
     """No Origin (not a browser), an allowed one, or the server's own origin."""
     origin = request.headers.get("Origin")
     if origin is None or not allowed:
@@ -269,13 +263,10 @@ def origin_allowed(request: web.Request, allowed: frozenset[str], trust_forwarde
     origin = normalise_origin(origin)
     if origin in allowed or "*" in allowed:
         return True
-    # The pages this server serves itself call it from its own origin.
-    scheme, host = request.scheme, request.host
-    if trust_forwarded:
-        scheme = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip() or scheme
-        host = request.headers.get("X-Forwarded-Host", "").split(",")[0].strip() or host
+    # The pages this server serves itself call it from its own origin (as the browser sees
+    # it: behind a trusted proxy, the forwarded scheme and host).
     parts = urlsplit(origin)
-    return parts.netloc == host.lower() and parts.scheme == scheme.lower()
+    return parts.netloc == request.host.lower() and parts.scheme == request.scheme.lower()
 
 
 # Paths where a browser's Origin is checked: the JSON API and the session WebSocket (checked
@@ -288,7 +279,6 @@ def make_origin_check(config: Config) -> Middleware:
     allowed = frozenset(normalise_origin(o) for o in config.server.allowed_origins)
     if allowed:
         allowed |= {normalise_origin(o) for o in config.server.cors_origins}
-    trust_forwarded = config.engine.trust_forwarded_headers
 
     @web.middleware
     async def check_origin(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -296,7 +286,7 @@ def make_origin_check(config: Config) -> Middleware:
         if (
             allowed
             and (path == "/api" or path.startswith(_CHECKED_PREFIXES))
-            and not origin_allowed(request, allowed, trust_forwarded)
+            and not origin_allowed(request, allowed)
         ):
             raise APIError(
                 403, "origin_not_allowed", "requests from this origin are not allowed here"

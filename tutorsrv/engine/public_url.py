@@ -3,7 +3,8 @@
 The old system built it from a ``ws://localhost:9000`` setting, so every browser on another
 machine got an address it could not reach (DESIGN.md §1, failure 1). Here the host always
 comes either from the operator (``engine.public_url``) or from the request the caller made,
-including the ``X-Forwarded-Proto``/``X-Forwarded-Host`` a TLS proxy adds.
+including the ``X-Forwarded-Proto``/``X-Forwarded-Host`` of a trusted proxy (``forwarded.py``
+has already put them in ``request.scheme`` and ``request.host``).
 """
 
 from __future__ import annotations
@@ -25,16 +26,12 @@ _HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?$")
 _SCHEMES = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}
 
 
-def websocket_base(request: web.Request, public_url: str, trust_forwarded: bool) -> str:
+def websocket_base(request: web.Request, public_url: str) -> str:
     """``ws(s)://host[:port][/prefix]`` under which this engine's WebSocket is reachable."""
     if public_url:
         parts = urlsplit(public_url)
         return f"{_SCHEMES[parts.scheme]}://{parts.netloc}{parts.path.rstrip('/')}"
-    proto = request.scheme
-    host = request.host
-    if trust_forwarded:
-        proto = _first(request.headers.get("X-Forwarded-Proto")) or proto
-        host = _first(request.headers.get("X-Forwarded-Host")) or host
+    proto, host = request.scheme, request.host
     if not host or not _HOST.match(host):
         raise APIError(
             400,
@@ -63,8 +60,3 @@ def query_token(query: MultiMapping[str]) -> str | None:
     if any(copy != copies[0] for copy in copies):
         raise ValueError("the session token is given more than once, with different values")
     return copies[0]
-
-
-def _first(value: str | None) -> str:
-    # Proxies chain values: "client-facing, next-hop"; the first is what the browser used.
-    return value.split(",")[0].strip() if value else ""

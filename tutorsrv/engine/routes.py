@@ -75,7 +75,7 @@ async def create_session(request: web.Request) -> web.Response:
     registry = request.config_dict[REGISTRY]
     config = request.config_dict[CONFIG]
     # Build the URL before creating the session, so a bad Host leaves nothing behind.
-    base = websocket_base(request, config.engine.public_url, config.engine.trust_forwarded_headers)
+    base = websocket_base(request, config.engine.public_url)
     try:
         session, token = registry.create(
             tutor_id=tutor_id, student_id=student_id, kb_id=kb_id, tutor=tutor, tenant_id=tenant_id

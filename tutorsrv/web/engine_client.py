@@ -96,7 +96,7 @@ class InProcessEngineClient:
     ) -> EngineSession:
         engine = self.config.engine
         # The browser called this process, so its request says where the engine is.
-        base = websocket_base(request, engine.public_url, engine.trust_forwarded_headers)
+        base = websocket_base(request, engine.public_url)
         try:
             session, token = self.registry.create(
                 tutor_id=tutor_id,

@@ -100,7 +100,7 @@ def proxied_base(request: web.Request) -> str | None:
     config = request.app[CONFIG]
     if request.app[ROLE] != "web" or not config.web.proxy_websocket:
         return None
-    return websocket_base(request, "", config.engine.trust_forwarded_headers)
+    return websocket_base(request, "")
 
 
 def engine_socket_url(engine: str, session_id: str, token: str | None) -> str:
