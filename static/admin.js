@@ -2,7 +2,7 @@
 // through the JSON API with the admin's token.
 "use strict";
 import {
-  account, api, busy, formatTime, formValues, h, metricPairs, showError,
+  account, api, busy, formatTime, formValues, h, metricPairs, saveAccount, showError, signOut,
 } from "/static/common.js";
 
 const $ = (id) => document.getElementById(id);
@@ -435,6 +435,41 @@ function transcriptEntry(m, names) {
 }
 
 $("sessions-refresh").addEventListener("click", loadSessions);
+
+// --- your account ------------------------------------------------------------------------
+
+const passwordForm = $("password-form");
+passwordForm.addEventListener("submit", (event) => {
+  event.preventDefault();
+  const { current_password, new_password } = formValues(passwordForm);
+  busy(passwordForm, async () => {
+    try {
+      const login = await api("POST", "/api/auth/password", { body: { current_password, new_password } });
+      // The answer is this tab's new token: every earlier one, ours too, is revoked.
+      const acc = account();
+      saveAccount(login, acc && { email: acc.email, name: acc.name, organisation_id: acc.organisation_id });
+      passwordForm.reset();
+      say(passwordForm, "Password changed. Other devices are signed out.");
+    } catch (err) {
+      fail(passwordForm, err, "Could not change the password");
+    }
+  });
+});
+
+const signOutForm = $("sign-out-everywhere-form");
+signOutForm.addEventListener("submit", (event) => {
+  event.preventDefault();
+  busy(signOutForm, async () => {
+    if (!(await confirmed("Sign out on every device, this one too?"))) return;
+    try {
+      await api("POST", "/api/auth/sign-out");
+      signOut();
+      window.location.assign("/");
+    } catch (err) {
+      fail(signOutForm, err, "Could not sign out everywhere");
+    }
+  });
+});
 
 // --- start -------------------------------------------------------------------------------
 

@@ -114,7 +114,7 @@ export async function api(method, path, { body, form, auth = true } = {}) {
   if (!/[.!?]$/.test(message)) message += ".";
   const retry = res.headers.get("Retry-After");
   if (retry && !/try again|retry/i.test(message)) message += ` Try again in ${retry} s.`;
-  if (auth && res.status === 401 && (code === "invalid_token" || code === "token_expired")) {
+  if (auth && res.status === 401 && ["invalid_token", "token_expired", "token_revoked"].includes(code)) {
     signOut();
     message = "Your sign-in has expired or is no longer valid. Sign in again on the home page.";
   }

@@ -490,6 +490,44 @@ def test_admin_edits_tutors_students_and_knowledge_bases(
     shot(page, tmp_path, "all-deleted")
 
 
+def test_admin_changes_password_and_signs_out_everywhere(
+    server: ServerProcess, page: Page, tmp_path: Path
+) -> None:
+    tenant = make_tenant(server.base)  # tenant.token: a sign-in on another device
+    sign_in_admin(page, server.base, tenant.email)
+    form = page.locator("#password-form")
+    form.get_by_label("Current password").fill("not my password")
+    form.get_by_label("New password (8 or more characters)").fill("a-brand-new-password")
+    form.get_by_role("button", name="Change password").click()
+    expect(form.get_by_role("alert")).to_contain_text("Could not change the password")
+    form.get_by_label("Current password").fill(PASSWORD)
+    form.get_by_label("New password (8 or more characters)").fill("a-brand-new-password")
+    form.get_by_role("button", name="Change password").click()
+    expect(form.get_by_role("status")).to_have_text(
+        "Password changed. Other devices are signed out."
+    )
+    status, error = api(server.base, "GET", "/api/tutors", tenant.token)
+    assert (status, error["error"]) == (401, "token_revoked")
+    # This tab got a new token and goes on working.
+    page.reload()
+    expect(page.locator("#tutor-list li", has_text="Ada")).to_be_visible()
+    shot(page, tmp_path, "account")
+
+    page.locator("#sign-out-everywhere-form").get_by_role(
+        "button", name="Sign out everywhere"
+    ).click()
+    page.wait_for_url(server.base + "/")
+    page.goto(server.base + "/admin")
+    expect(page.locator("#need-admin")).to_be_visible()
+    status, _ = api(
+        server.base,
+        "POST",
+        "/api/auth/login",
+        body={"email": tenant.email, "password": "a-brand-new-password"},
+    )
+    assert status == 200
+
+
 def test_engine_test_page_still_works(server: ServerProcess, page: Page) -> None:
     key = (server.cwd / ".tutorsrv" / "engine-api-key").read_text().strip()
     page.goto(server.base + "/test")

@@ -326,6 +326,10 @@ BAD_TOKENS: list[tuple[str, TokenCase, str]] = [
     ("no tenant", lambda t, c: bearer(_sign(_without(c, "tid"))), "invalid_token"),
     ("unknown role", lambda t, c: bearer(_sign({**c, "role": "superuser"})), "invalid_token"),
     ("subject not a uuid", lambda t, c: bearer(_sign({**c, "sub": "admin"})), "invalid_token"),
+    ("no version", lambda t, c: bearer(_sign(_without(c, "ver"))), "invalid_token"),
+    ("version as text", lambda t, c: bearer(_sign({**c, "ver": "0"})), "invalid_token"),
+    ("an older version", lambda t, c: bearer(_sign({**c, "ver": -1})), "token_revoked"),
+    ("a later version", lambda t, c: bearer(_sign({**c, "ver": 7})), "token_revoked"),
 ]
 
 

@@ -302,7 +302,11 @@ def _path_param(name: str) -> Schema:
 
 # --- web API errors shared by many operations -------------------------------------------------
 
-_ADMIN_401 = (401, "No account token, or an invalid or expired one.")
+_ADMIN_401 = (
+    401,
+    "No account token, an invalid or expired one, or a revoked one (`token_revoked`: a new "
+    "password, a sign-out everywhere, a removed account).",
+)
 _ADMIN_403 = (403, "The token is a student's (`admin_only`), or the Origin is not allowed.")
 _ANY_403 = (403, "The request's Origin is not allowed (`origin_not_allowed`).")
 _DB_503 = (503, "The database is unavailable (`database_unavailable`); see Retry-After.")
@@ -452,6 +456,28 @@ def _schemas(models: Sequence[str]) -> dict[str, Schema]:
             },
             ["access_token", "token_type", "expires_in", "role", "user_id"],
         ),
+        "PasswordChange": _object(
+            {"current_password": password_check, "new_password": password_new},
+            ["current_password", "new_password"],
+            closed=True,
+        ),
+        "AccountUpdate": _object(
+            {
+                "name": _text(200, "The admin's name."),
+                "email": {**email, "description": email["description"] + " Must be unused."},
+                "current_password": {
+                    **password_check,
+                    "description": "Required with `email`.",
+                },
+            },
+            [],
+            closed=True,
+            description="Send `name`, `email` or both; `email` with `current_password`.",
+        )
+        | {
+            "anyOf": [{"required": ["name"]}, {"required": ["email"]}],
+            "dependentRequired": {"email": ["current_password"]},
+        },
         "Account": _object(
             {
                 "id": _uuid(),
@@ -1269,12 +1295,77 @@ def _account_paths() -> dict[str, Schema]:
                     **_error_responses(
                         (
                             401,
-                            "No token, an invalid or expired one, or an account that no "
-                            "longer exists (`invalid_token`).",
+                            "No token, an invalid or expired one, or a revoked one "
+                            "(`token_revoked`: a new password, a sign-out everywhere, or an "
+                            "account that no longer exists).",
                         ),
                         _ANY_403,
                         _DB_503,
                     ),
+                },
+                security=ACCOUNT,
+            ),
+            "patch": _op(
+                "update_me",
+                "Change the admin's own name or email",
+                "accounts",
+                {
+                    "200": _response("The account, changed.", _ref("Account")),
+                    **_error_responses(
+                        400,
+                        _ADMIN_401,
+                        (
+                            403,
+                            "A student's token (`admin_only`), a wrong `current_password` "
+                            "(`wrong_password`), or the Origin is not allowed.",
+                        ),
+                        (409, "Another account has this email (`email_taken`)."),
+                        415,
+                        (422, "Nothing to change, or `current_password` missing with `email`."),
+                        (429, "Too many password attempts (`rate_limited`), as for logins."),
+                        _DB_503,
+                    ),
+                },
+                body=_json_body(_ref("AccountUpdate")),
+                security=ACCOUNT,
+            ),
+        },
+        "/api/auth/password": {
+            "post": _op(
+                "change_password",
+                "Change the caller's own password (admin or student)",
+                "accounts",
+                {
+                    "200": _response(
+                        "Changed: every earlier token of the account is revoked; a new one.",
+                        token,
+                    ),
+                    **_error_responses(
+                        400,
+                        _ADMIN_401,
+                        (
+                            403,
+                            "`current_password` is wrong (`wrong_password`), or the Origin "
+                            "is not allowed.",
+                        ),
+                        415,
+                        422,
+                        (429, "Too many password attempts (`rate_limited`), as for logins."),
+                        _DB_503,
+                    ),
+                },
+                body=_json_body(_ref("PasswordChange")),
+                security=ACCOUNT,
+            )
+        },
+        "/api/auth/sign-out": {
+            "post": _op(
+                "sign_out",
+                "Sign out everywhere",
+                "accounts",
+                {
+                    "204": _response("Every token of the account, this one too, is revoked."),
+                    **_error_responses(_ADMIN_401, _ANY_403, _DB_503),
                 },
                 security=ACCOUNT,
             )

@@ -1,8 +1,14 @@
 """Passwords (argon2id) and account tokens (JWT, HS256 pinned, expiry required).
 
-A token says who is calling (``sub``), as what (``role``: admin or student) and for which
-tenant (``tid``, the admin's id). Handlers read the ``Principal`` that the ``authenticate``
-middleware puts on the request; every query is then scoped by ``principal.tenant_id``.
+A token says who is calling (``sub``), as what (``role``: admin or student), for which
+tenant (``tid``, the admin's id), and which of the account's token versions it belongs to
+(``ver``). Handlers read the ``Principal`` that the ``authenticate`` middleware puts on the
+request; every query is then scoped by ``principal.tenant_id``.
+
+Tokens are signed, not stored, so revoking them works by version: each request checks the
+token's ``ver`` against the account's ``token_version`` (one primary-key lookup). Raising the
+account's version (a new password, "sign out everywhere") revokes every earlier token, and a
+removed account has none.
 """
 
 from __future__ import annotations
@@ -16,11 +22,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
+import asyncpg
 import jwt
 from aiohttp import hdrs, web
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from ..appkeys import DB
 from ..http_errors import APIError, Handler
 
 ALGORITHM = "HS256"
@@ -81,26 +89,28 @@ class AccountTokens:
         self._secret = secret
         self.lifetime = int(lifetime_seconds)
 
-    def issue(self, principal: Principal) -> str:
+    def issue(self, principal: Principal, version: int) -> str:
         now = int(time.time())
         claims = {
             "sub": str(principal.user_id),
             "role": principal.role,
             "tid": str(principal.tenant_id),
+            "ver": version,
             "aud": AUDIENCE,
             "iat": now,
             "exp": now + self.lifetime,
         }
         return jwt.encode(claims, self._secret, algorithm=ALGORITHM)
 
-    def verify(self, token: str) -> Principal:
+    def verify(self, token: str) -> tuple[Principal, int]:
+        """The caller and the token's version; 401 for a bad or expired token."""
         try:
             claims = jwt.decode(
                 token,
                 self._secret,
                 algorithms=[ALGORITHM],
                 audience=AUDIENCE,
-                options={"require": ["exp", "sub", "role", "tid", "aud"]},
+                options={"require": ["exp", "sub", "role", "tid", "ver", "aud"]},
             )
         except jwt.ExpiredSignatureError:
             raise APIError(
@@ -109,15 +119,42 @@ class AccountTokens:
         except jwt.InvalidTokenError:
             raise APIError(401, "invalid_token", "the access token is invalid") from None
         try:
-            role = claims["role"]
-            if role not in ("admin", "student"):
+            role, version = claims["role"], claims["ver"]
+            if role not in ("admin", "student") or type(version) is not int:
                 raise ValueError(role)
-            return Principal(uuid.UUID(claims["sub"]), role, uuid.UUID(claims["tid"]))
+            return Principal(uuid.UUID(claims["sub"]), role, uuid.UUID(claims["tid"])), version
         except (ValueError, TypeError):
             raise APIError(401, "invalid_token", "the access token is invalid") from None
 
 
 ACCOUNT_TOKENS = web.AppKey("account_tokens", AccountTokens)
+
+REVOKED = (
+    "this access token was revoked (a new password, a sign-out everywhere, or a removed "
+    "account); log in again"
+)
+
+
+async def token_version(db: asyncpg.Pool, who: Principal) -> int | None:
+    """The account's current token version; None if the account is gone."""
+    if who.is_admin:
+        return await db.fetchval("SELECT token_version FROM admins WHERE id = $1", who.user_id)
+    return await db.fetchval(
+        "SELECT token_version FROM students WHERE id = $1 AND admin_id = $2",
+        who.user_id,
+        who.tenant_id,
+    )
+
+
+async def revoke_tokens(db: asyncpg.Pool | asyncpg.Connection, who: Principal) -> int:
+    """Raise the account's token version (every token issued so far stops working); returns
+    the new version, for a fresh token."""
+    table = "admins" if who.is_admin else "students"
+    return await db.fetchval(
+        f"UPDATE {table} SET token_version = token_version + 1 WHERE id = $1 "
+        "RETURNING token_version",
+        who.user_id,
+    )
 
 
 def make_authenticate(public: frozenset[tuple[str, str]]) -> object:
@@ -141,7 +178,10 @@ def make_authenticate(public: frozenset[tuple[str, str]]) -> object:
                 "log in and send 'Authorization: Bearer <access_token>'",
                 headers={"WWW-Authenticate": 'Bearer realm="tutorsrv"'},
             )
-        request[PRINCIPAL] = request.app[ACCOUNT_TOKENS].verify(token.strip())
+        who, version = request.app[ACCOUNT_TOKENS].verify(token.strip())
+        if await token_version(request.app[DB], who) != version:
+            raise APIError(401, "token_revoked", REVOKED)
+        request[PRINCIPAL] = who
         return await handler(request)
 
     return authenticate

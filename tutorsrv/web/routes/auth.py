@@ -1,4 +1,5 @@
-"""Accounts: admins register and log in; students log in; anyone asks who they are."""
+"""Accounts: admins register and log in; students log in; anyone asks who they are, changes
+their password, or signs out everywhere."""
 
 from __future__ import annotations
 
@@ -10,16 +11,25 @@ from ...appkeys import CONFIG, DB
 from ...compact_json import json_response
 from ...http_errors import APIError
 from ...limits import limit_login, limit_registration
-from ..security import ACCOUNT_TOKENS, Principal, hash_password, principal, verify_password
+from ..security import (
+    ACCOUNT_TOKENS,
+    Principal,
+    hash_password,
+    principal,
+    revoke_tokens,
+    verify_password,
+)
 
 INVALID_LOGIN = "the email or password is wrong"
 
 
-def _token_response(request: web.Request, who: Principal, status: int = 200) -> web.Response:
+def _token_response(
+    request: web.Request, who: Principal, version: int, status: int = 200
+) -> web.Response:
     tokens = request.app[ACCOUNT_TOKENS]
     return json_response(
         {
-            "access_token": tokens.issue(who),
+            "access_token": tokens.issue(who, version),
             "token_type": "bearer",
             "expires_in": tokens.lifetime,
             "role": who.role,
@@ -50,7 +60,7 @@ async def register(request: web.Request) -> web.Response:
         raise APIError(
             409, "email_taken", "an account with this email exists", field="email"
         ) from None
-    return _token_response(request, Principal(row["id"], "admin", row["id"]), status=201)
+    return _token_response(request, Principal(row["id"], "admin", row["id"]), 0, status=201)
 
 
 async def login(request: web.Request) -> web.Response:
@@ -60,11 +70,12 @@ async def login(request: web.Request) -> web.Response:
     password = v.password(body, new=False)
     limit_login(request, email)
     row = await request.app[DB].fetchrow(
-        "SELECT id, password_hash FROM admins WHERE lower(email) = $1", email
+        "SELECT id, password_hash, token_version FROM admins WHERE lower(email) = $1", email
     )
     if not await verify_password(row["password_hash"] if row else None, password or ""):
         raise APIError(401, "invalid_credentials", INVALID_LOGIN)
-    return _token_response(request, Principal(row["id"], "admin", row["id"]))
+    who = Principal(row["id"], "admin", row["id"])
+    return _token_response(request, who, row["token_version"])
 
 
 # Password checks per student login without an organisation_id (one with it: 1).
@@ -79,7 +90,7 @@ async def student_login(request: web.Request) -> web.Response:
     tenant = v.text(body, "organisation_id", max_len=64)
     limit_login(request, email)
     rows = await request.app[DB].fetch(
-        "SELECT id, admin_id, password_hash FROM students WHERE lower(email) = $1"
+        "SELECT id, admin_id, password_hash, token_version FROM students WHERE lower(email) = $1"
         " ORDER BY created_at, id",
         email,
     )
@@ -113,7 +124,8 @@ async def student_login(request: web.Request) -> web.Response:
             field="organisation_id",
         )
     row = matches[0]
-    return _token_response(request, Principal(row["id"], "student", row["admin_id"]))
+    who = Principal(row["id"], "student", row["admin_id"])
+    return _token_response(request, who, row["token_version"])
 
 
 async def me(request: web.Request) -> web.Response:
@@ -143,6 +155,79 @@ async def me(request: web.Request) -> web.Response:
     )
 
 
+def _table(who: Principal) -> str:
+    return "admins" if who.is_admin else "students"
+
+
+async def _check_current_password(request: web.Request, who: Principal, body: dict) -> None:
+    """A change to the account itself needs its current password, not just a token: a
+    token left on a shared computer must not be enough to take the account over."""
+    current = v.password(body, "current_password", new=False) or ""
+    row = await request.app[DB].fetchrow(
+        f"SELECT email, password_hash FROM {_table(who)} WHERE id = $1", who.user_id
+    )
+    limit_login(request, row["email"] if row else None)  # as a login: no guessing by this way
+    if not await verify_password(row["password_hash"] if row else None, current):
+        raise APIError(
+            403,
+            "wrong_password",
+            "'current_password' is not this account's password",
+            field="current_password",
+        )
+
+
+async def change_password(request: web.Request) -> web.Response:
+    """Set a new password (admins and students alike); every earlier token is revoked, and
+    the answer is a fresh one for this client."""
+    who = principal(request)
+    body = await v.json_body(request)
+    v.only_fields(body, ("current_password", "new_password"))
+    new = v.password(body, "new_password") or ""
+    await _check_current_password(request, who, body)
+    password_hash = await hash_password(new)
+    async with request.app[DB].acquire() as conn, conn.transaction():
+        await conn.execute(
+            f"UPDATE {_table(who)} SET password_hash = $2 WHERE id = $1",
+            who.user_id,
+            password_hash,
+        )
+        version = await revoke_tokens(conn, who)
+    return _token_response(request, who, version)
+
+
+async def update_me(request: web.Request) -> web.Response:
+    """An admin's own name and email; a new email needs the current password."""
+    who = principal(request)
+    if not who.is_admin:
+        raise APIError(403, "admin_only", "a student's details are changed by their admin")
+    body = await v.json_body(request)
+    v.only_fields(body, ("name", "email", "current_password"))
+    values: dict[str, str] = {}
+    if "name" in body:
+        values["name"] = v.text(body, "name", max_len=200) or ""
+    if "email" in body:
+        values["email"] = v.email(body) or ""
+        await _check_current_password(request, who, body)
+    if not values:
+        raise APIError(422, "missing_field", "send 'name' or 'email' to change")
+    sets = ", ".join(f"{key} = ${i}" for i, key in enumerate(values, start=2))
+    try:
+        await request.app[DB].execute(
+            f"UPDATE admins SET {sets} WHERE id = $1", who.user_id, *values.values()
+        )
+    except asyncpg.UniqueViolationError:
+        raise APIError(
+            409, "email_taken", "another account has this email", field="email"
+        ) from None
+    return await me(request)
+
+
+async def sign_out(request: web.Request) -> web.Response:
+    """Sign out everywhere: every token of this account, this one included, stops working."""
+    await revoke_tokens(request.app[DB], principal(request))
+    return web.Response(status=204)
+
+
 # (method, path) of the /api routes that need no account token.
 PUBLIC_ROUTES = frozenset(
     {
@@ -158,4 +243,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/auth/register", register)
     app.router.add_post("/api/auth/login", login)
     app.router.add_get("/api/auth/me", me)
+    app.router.add_patch("/api/auth/me", update_me)
+    app.router.add_post("/api/auth/password", change_password)
+    app.router.add_post("/api/auth/sign-out", sign_out)
     app.router.add_post("/api/students/login", student_login)

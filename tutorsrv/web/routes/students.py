@@ -76,6 +76,9 @@ async def update_student(request: web.Request) -> web.Response:
     if not values:
         raise APIError(422, "missing_field", "send at least one field to change")
     sets = ", ".join(f"{key} = ${i}" for i, key in enumerate(values, start=3))
+    if "password_hash" in values:
+        # A reset password revokes the student's tokens: whoever had one must log in again.
+        sets += ", token_version = token_version + 1"
     try:
         row = await request.app[DB].fetchrow(
             f"UPDATE students SET {sets}, updated_at = now() WHERE id = $1 AND admin_id = $2 "
