@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -88,8 +89,11 @@ class FakeEngine:
         self.health_entered = asyncio.Event()
         self.created: list[str] = []
         self.bodies: list[dict] = []
+        self.instance = "first-process"
+        self.list_status = 200
         app = web.Application()
         app.router.add_get("/health", self._health)
+        app.router.add_get("/v1/sessions", self._list)
         app.router.add_post("/v1/sessions", self._create)
         app.router.add_delete("/v1/sessions/{sid}", self._delete)
         self.server = TestServer(app, host="127.0.0.1")
@@ -107,9 +111,16 @@ class FakeEngine:
                 "status": "healthy" if self.health_status == 200 else "degraded",
                 "sessions": self.sessions,
                 "max_sessions": self.max_sessions,
+                "instance": self.instance,
             },
             status=self.health_status,
         )
+
+    async def _list(self, request: web.Request) -> web.Response:
+        assert request.headers["Authorization"] == f"Bearer {API_KEY}"
+        if self.list_status != 200:
+            return web.json_response({"error": "boom", "message": "no"}, status=self.list_status)
+        return web.json_response({"sessions": [{"session_id": s} for s in self.created]})
 
     async def _create(self, request: web.Request) -> web.Response:
         assert request.headers["Authorization"] == f"Bearer {API_KEY}"
@@ -356,3 +367,34 @@ async def test_background_checks_follow_an_engine_and_stop_on_close(
     finally:
         await client.close()
     assert monitor.done()
+
+
+async def test_a_new_engine_process_is_reconciled_once_and_retried_on_failure(
+    engines: list[FakeEngine],
+) -> None:
+    """The web role ends the records of sessions an engine no longer holds: when it first
+    sees an engine process at an address, and after each restart (a new /health instance)."""
+    a, _ = engines
+    seen: list[tuple[str, set[str]]] = []
+
+    async def reconcile(url: str, held: Any) -> None:
+        seen.append((url, await held()))
+
+    client = HttpEngineClient([a.url], API_KEY, 2.0, on_engine_instance=reconcile)
+    try:
+        await client.check_all()
+        assert seen == [(a.url, set())]  # the first process seen at this address
+        await create(client)
+        await client.check_all()
+        assert len(seen) == 1  # the same process: nothing to do
+        a.instance, a.list_status = "second-process", 500
+        a.created.clear()  # a restarted engine holds nothing
+        await client.check_all()
+        assert len(seen) == 1  # listing failed: not marked as done...
+        a.list_status = 200
+        await client.check_all()
+        assert seen[1:] == [(a.url, set())]  # ...and done at the next check
+        await client.check_all()
+        assert len(seen) == 2
+    finally:
+        await client.close()

@@ -163,6 +163,20 @@ async def test_split_deployment_web_and_engine(tmp_path: Path, database_url: str
                 await asyncio.sleep(0.1)
             status, again = await open_session(http, web.base, tenant)
             assert status == 201, again
+            # The restarted engine holds none of the old sessions: their records are ended
+            # (they once read "active" for hours), and the one created since stays active.
+            records = f"{web.base}/api/sessions"
+            deadline = time.monotonic() + 20
+            while True:
+                _, listing = await call(http, "GET", records, tenant["token"])
+                by_id = {s["id"]: s for s in listing["sessions"]}
+                if by_id[session["session_id"]]["status"] == "ended":
+                    break
+                assert time.monotonic() < deadline, "the lost session still reads active"
+                await asyncio.sleep(0.1)
+            assert by_id[session["session_id"]]["ended_at"]
+            assert by_id[again["session_id"]]["status"] == "active"
+            assert [s["status"] for s in by_id.values()].count("active") == 1
             status, _ = await call(
                 http, "DELETE", f"{web.base}/api/sessions/{again['session_id']}", tenant["token"]
             )
@@ -204,6 +218,14 @@ async def test_all_role_keeps_everything_across_a_restart(
             assert status == 200
             after = await transcript(http, server.base, tenant, session["session_id"], 5)
             assert after == before
+            # Its engine did not survive the restart: the record says so.
+            status, row = await call(
+                http,
+                "GET",
+                f"{server.base}/api/sessions/{session['session_id']}",
+                tenant["token"],
+            )
+            assert row["status"] == "ended" and row["ended_at"]
         assert server.stop() == 0
     finally:
         server.kill()

@@ -14,6 +14,7 @@ starts first and stops last.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import secrets
@@ -68,7 +69,8 @@ from .logs import AcceptErrorThrottle
 from .registry import Session, SessionRegistry, TokenSigner, now_iso
 from .web import proxy
 from .web.db import database_errors, open_database
-from .web.engine_client import HttpEngineClient, InProcessEngineClient
+from .web.engine_client import IN_PROCESS, HttpEngineClient, InProcessEngineClient
+from .web.lost_sessions import end_lost_sessions
 from .web.rag import DatabaseKnowledgeSearch, Embedder, Ingestor
 from .web.routes import auth, internal, kbs, sessions, students, tutors
 from .web.security import ACCOUNT_TOKENS, AccountTokens, make_authenticate
@@ -328,16 +330,24 @@ async def _database_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
+async def _no_sessions() -> set[str]:
+    return set()
+
+
 async def _engine_client_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
+    db = app[DB]
     if app[ROLE] == "all":
         client = InProcessEngineClient(app[REGISTRY], config)
+        # The engine in this process has just started: it holds none of the earlier runs'.
+        await end_lost_sessions(db, IN_PROCESS, _no_sessions)
     else:
         client = HttpEngineClient(
             config.web.engine_urls,
             app[ENGINE_API_KEY],
             config.web.engine_timeout_seconds,
             health_interval=config.web.engine_health_interval_seconds,
+            on_engine_instance=functools.partial(end_lost_sessions, db),
         )
     app[ENGINE_CLIENT] = client
     try:

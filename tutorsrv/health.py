@@ -38,6 +38,7 @@ async def health(request: web.Request) -> web.Response:
         registry, llm = app[REGISTRY], app[LLM]
         body["sessions"] = len(registry)
         body["max_sessions"] = registry.max_sessions
+        body["instance"] = registry.instance
         body["llm"] = {
             "backend": llm.name,
             "model": llm.model,

@@ -1065,6 +1065,10 @@ def _health_schema() -> Schema:
             "role": {"type": "string", "enum": ["engine", "web", "all"]},
             "sessions": _integer("Engine roles: live sessions.", minimum=0),
             "max_sessions": _integer("Engine roles.", minimum=0),
+            "instance": _string(
+                "Engine roles: a random id per process start; a new one at the same address "
+                "means the engine restarted and holds none of its earlier sessions."
+            ),
             "llm": _object(
                 {
                     "backend": _string(),

@@ -281,6 +281,9 @@ class SessionRegistry:
         self.idle_timeout = idle_timeout
         self.max_duration = max_duration
         self.signer = signer
+        # Who this process is: a web role that sees a new one behind an engine's address knows
+        # the engine restarted, and the sessions it held are gone.
+        self.instance = uuid.uuid4().hex
         self._sessions: dict[str, Session] = {}
         # Ended ids, remembered for a while so a late client hears "ended"/"expired", not
         # "unknown". Bounded both by age and by count.

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -150,6 +151,9 @@ class EngineState:
     last_error: str | None = None  # why it is not healthy; never holds a secret
     last_checked: float | None = None  # wall clock of the last health check that counted
     pending: int = 0  # session creations in flight to it
+    # The engine process last seen at this address (its /health "instance"), once the
+    # records of sessions it no longer holds were ended.
+    instance: str | None = None
     failed_at: float = float("-inf")  # monotonic; health checks started earlier are stale
 
     @property
@@ -186,9 +190,14 @@ class HttpEngineClient:
         api_key: str,
         timeout: float,
         health_interval: float | None = None,
+        on_engine_instance: Callable[[str, Callable[[], Awaitable[set[str]]]], Awaitable[object]]
+        | None = None,
     ) -> None:
         """``health_interval``: seconds between background health checks of every engine;
-        None checks only when ``health()`` is asked (the task needs a running event loop)."""
+        None checks only when ``health()`` is asked (the task needs a running event loop).
+        ``on_engine_instance(url, held)``: called when an engine process is first seen at an
+        address (at start, and after it restarted), with a way to list the sessions it holds."""
+        self._on_engine_instance = on_engine_instance
         self.urls = list(dict.fromkeys(u.rstrip("/") for u in urls))
         self.states = [EngineState(url) for url in self.urls]
         self._by_url = {s.url: s for s in self.states}
@@ -350,6 +359,7 @@ class HttpEngineClient:
     async def _check(self, state: EngineState) -> None:
         started = time.monotonic()
         sessions = max_sessions = None
+        data: Any = None
         try:
             async with self._http.get(f"{state.url}/health") as resp:
                 try:
@@ -375,6 +385,9 @@ class HttpEngineClient:
                     status, error = HEALTHY, None
         if started < state.failed_at:
             return  # a request failed since this check began: older news
+        instance = data.get("instance") if isinstance(data, dict) else None
+        if status in (HEALTHY, FULL) and isinstance(instance, str) and instance != state.instance:
+            await self._new_instance(state, instance)
         was_up, is_up = state.status in (HEALTHY, FULL), status in (HEALTHY, FULL)
         if is_up and not was_up and state.status != UNKNOWN:
             log.info("engine %s is %s again", _display(state.url), status)
@@ -387,6 +400,30 @@ class HttpEngineClient:
             state.sessions = sessions
         if max_sessions is not None:
             state.max_sessions = max_sessions
+
+    async def _new_instance(self, state: EngineState, instance: str) -> None:
+        """Another engine process answers at this address: the sessions the one before held
+        are gone. Remembered only once handled, so a failure is retried at the next check."""
+        if self._on_engine_instance is None:
+            state.instance = instance
+            return
+
+        async def held() -> set[str]:
+            async with self._http.get(f"{state.url}/v1/sessions", headers=self._headers) as resp:
+                if resp.status != 200:
+                    raise EngineUnavailable(f"listing its sessions answered {resp.status}")
+                return {str(s["session_id"]) for s in (await resp.json())["sessions"]}
+
+        try:
+            await self._on_engine_instance(state.url, held)
+        except Exception as e:  # the database or the engine failed: try again next check
+            log.warning(
+                "engine %s: could not reconcile its session records (%s)",
+                _display(state.url),
+                type(e).__name__,
+            )
+            return
+        state.instance = instance
 
     async def close(self) -> None:
         if self._monitor is not None:
