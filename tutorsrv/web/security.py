@@ -135,25 +135,28 @@ REVOKED = (
 )
 
 
+def own_account(who: Principal) -> tuple[str, str, tuple[uuid.UUID, ...]]:
+    """The caller's own account row, scoped to its tenant: (table, WHERE clause, its
+    parameters $1.. ). An admin's id is its tenant; a student also names its admin."""
+    if who.is_admin:
+        return "admins", "id = $1", (who.user_id,)
+    return "students", "id = $1 AND admin_id = $2", (who.user_id, who.tenant_id)
+
+
 async def token_version(db: asyncpg.Pool, who: Principal) -> int | None:
     """The account's current token version; None if the account is gone."""
-    if who.is_admin:
-        return await db.fetchval("SELECT token_version FROM admins WHERE id = $1", who.user_id)
-    return await db.fetchval(
-        "SELECT token_version FROM students WHERE id = $1 AND admin_id = $2",
-        who.user_id,
-        who.tenant_id,
-    )
+    table, where, args = own_account(who)
+    return await db.fetchval(f"SELECT token_version FROM {table} WHERE {where}", *args)
 
 
 async def revoke_tokens(db: asyncpg.Pool | asyncpg.Connection, who: Principal) -> int:
     """Raise the account's token version (every token issued so far stops working); returns
     the new version, for a fresh token."""
-    table = "admins" if who.is_admin else "students"
+    table, where, args = own_account(who)
     return await db.fetchval(
-        f"UPDATE {table} SET token_version = token_version + 1 WHERE id = $1 "
+        f"UPDATE {table} SET token_version = token_version + 1 WHERE {where} "
         "RETURNING token_version",
-        who.user_id,
+        *args,
     )
 
 

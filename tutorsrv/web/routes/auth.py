@@ -15,6 +15,7 @@ from ..security import (
     ACCOUNT_TOKENS,
     Principal,
     hash_password,
+    own_account,
     principal,
     revoke_tokens,
     verify_password,
@@ -155,16 +156,13 @@ async def me(request: web.Request) -> web.Response:
     )
 
 
-def _table(who: Principal) -> str:
-    return "admins" if who.is_admin else "students"
-
-
 async def _check_current_password(request: web.Request, who: Principal, body: dict) -> None:
     """A change to the account itself needs its current password, not just a token: a
     token left on a shared computer must not be enough to take the account over."""
     current = v.password(body, "current_password", new=False) or ""
+    table, where, args = own_account(who)
     row = await request.app[DB].fetchrow(
-        f"SELECT email, password_hash FROM {_table(who)} WHERE id = $1", who.user_id
+        f"SELECT email, password_hash FROM {table} WHERE {where}", *args
     )
     limit_login(request, row["email"] if row else None)  # as a login: no guessing by this way
     if not await verify_password(row["password_hash"] if row else None, current):
@@ -185,10 +183,11 @@ async def change_password(request: web.Request) -> web.Response:
     new = v.password(body, "new_password") or ""
     await _check_current_password(request, who, body)
     password_hash = await hash_password(new)
+    table, where, args = own_account(who)
     async with request.app[DB].acquire() as conn, conn.transaction():
         await conn.execute(
-            f"UPDATE {_table(who)} SET password_hash = $2 WHERE id = $1",
-            who.user_id,
+            f"UPDATE {table} SET password_hash = ${len(args) + 1} WHERE {where}",
+            *args,
             password_hash,
         )
         version = await revoke_tokens(conn, who)
