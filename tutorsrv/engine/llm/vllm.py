@@ -79,8 +79,6 @@ class VLLMBackend:
         self._modules = vllm_modules
         self._engine: Any = None
         self._tokenizer: Any = None
-        self._sampling: Any = None
-        self._chat: Any = None
         self._args: Any = None
         self._restarting: asyncio.Task[None] | None = None
         self._watching: asyncio.Task[None] | None = None
@@ -116,9 +114,6 @@ class VLLMBackend:
             await self.close()
             raise LLMLoadError(f"vLLM could not load {self.model!r}: {_first_line(e)}") from None
         self._modules = modules
-        self._sampling = modules["SamplingParams"]
-        self._delta = modules["RequestOutputKind"].DELTA
-        self._chat = modules["ChatParams"]()
         self._watching = asyncio.create_task(self._watch())
 
     async def _watch(self) -> None:
@@ -199,21 +194,22 @@ class VLLMBackend:
         max_tokens: int | None = None,
         tenant: str | None = None,
     ) -> AsyncIterator[str]:
-        engine = self._engine
-        if self._restarting is not None or (engine is not None and engine.errored):
-            self._engine_died()
+        # A dead engine that is not being restarted yet fails in generate() below, which
+        # starts the restart; one being restarted has no engine to ask.
+        if self._restarting is not None:
             raise LLMUnavailable("the model is starting again; try again in a minute")
-        if engine is None:
+        engine, vllm = self._engine, self._modules
+        if engine is None or vllm is None:
             raise RuntimeError("the vllm backend is not loaded")
-        params = self._sampling(
+        params = vllm["SamplingParams"](
             max_tokens=max_tokens or self.max_tokens,
             temperature=self.temperature,
             top_p=self.top_p,
-            output_kind=self._delta,
+            output_kind=vllm["RequestOutputKind"].DELTA,
         )
         self.active += 1
         try:
-            _, (prompt,) = await engine.renderer.render_chat_async([messages], self._chat)
+            _, (prompt,) = await engine.renderer.render_chat_async([messages], vllm["ChatParams"]())
             stats.prompt_tokens = len(prompt["prompt_token_ids"])
             request_id = "tutorsrv-" + uuid.uuid4().hex
             # Closing the generator (the student interrupted, the socket went) is what makes
