@@ -169,9 +169,15 @@ async def test_database_outage_loses_no_turn(make_client: MakeClient, postgres_u
 
         await ws.send_json({"type": "text", "content": "during the outage"})
         done = await receive_until(ws, "response_done")
-        assert "during the outage" in done[-2]["content"]
+        reply = next(m for m in done if m["type"] == "text")
+        assert "during the outage" in reply["content"]
         backplane = client.server.app[BACKPLANE]
         await eventually(lambda: backplane.retries > 0, "a failed delivery", limit=15)
+        # The student is told the transcript waits (once the delivery has failed).
+        if not any(m["type"] == "error" for m in done):
+            done += await receive_until(ws, "error")
+        told = [m for m in done if m["type"] == "error"]
+        assert [(m["code"], m["fatal"]) for m in told] == [("transcript_delayed", False)]
     finally:
         await super_conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
         await super_conn.close()
@@ -187,6 +193,8 @@ async def test_database_outage_loses_no_turn(make_client: MakeClient, postgres_u
 
     stored = await eventually(delivered, "the buffered turn after the outage", limit=60)
     assert [m["role"] for m in stored] == ["assistant", "user", "assistant"]
+    # ... and told again when it is saved.
+    assert (await receive_json(ws))["type"] == "notice"
     await ws.close()
 
 

@@ -31,6 +31,7 @@ from .appkeys import (
     BACKPLANE,
     CONFIG,
     DB,
+    EMBEDDED_DB,
     ENGINE_API_KEY,
     ENGINE_CLIENT,
     INGESTOR,
@@ -53,6 +54,7 @@ from .backplane import (
     TurnRecord,
 )
 from .config import Config, ConfigError, key_file_path
+from .engine import protocol
 from .engine import routes as engine_routes
 from .engine.conversation import opening
 from .engine.llm import LLMBackend, create_backends
@@ -61,12 +63,19 @@ from .engine.public_url import LEGACY_WEBSOCKET_PATH, WEBSOCKET_PATH
 from .engine.speech.asr import Transcriber
 from .engine.speech.tts import Synthesizer
 from .engine.speech.vad import SileroVAD
-from .engine.websocket import drain, session_socket
+from .engine.websocket import (
+    TRANSCRIPT_DELAYED,
+    TRANSCRIPT_SAVED,
+    drain,
+    session_socket,
+    tell_everyone,
+)
 from .health import health
 from .http_errors import json_errors
 from .knowledge import HttpKnowledgeSearch, KnowledgeSearch
 from .logs import AcceptErrorThrottle
 from .registry import Session, SessionRegistry, TokenSigner, now_iso
+from .spool import Spool
 from .web import proxy
 from .web.db import database_errors, open_database
 from .web.engine_client import IN_PROCESS, HttpEngineClient, InProcessEngineClient
@@ -325,9 +334,36 @@ def _jwt_secret(config: Config, role: str) -> str:
 
 
 async def _database_ctx(app: web.Application) -> AsyncIterator[None]:
-    async with open_database(app[CONFIG].database) as pool:
-        app[DB] = pool
-        yield
+    async with open_database(app[CONFIG].database) as database:
+        app[DB] = database.pool
+        if database.embedded is None:
+            yield
+            return
+        app[EMBEDDED_DB] = database.embedded
+        supervisor = asyncio.create_task(
+            database.embedded.supervise(functools.partial(_database_changed, app)),
+            name="database-supervisor",
+        )
+        try:
+            yield
+        finally:
+            # Before the database is released: a stop is not a crash to repair.
+            supervisor.cancel()
+            await asyncio.gather(supervisor, return_exceptions=True)
+
+
+async def _database_changed(app: web.Application, running: bool) -> None:
+    """The embedded PostgreSQL exited (False) or runs again (True). Students are told
+    their transcript waits (the backplane's outage); the pool drops its dead connections."""
+    backplane = app.get(BACKPLANE)
+    if running:
+        await app[DB].expire_connections()
+        if backplane is not None:
+            backplane.retry_now()
+            if backplane.pending == 0:
+                await backplane.set_outage(False)  # else the next delivery that works ends it
+    elif backplane is not None:
+        await backplane.set_outage(True)
 
 
 async def _no_sessions() -> set[str]:
@@ -378,19 +414,41 @@ async def _backplane_ctx(app: web.Application) -> AsyncIterator[None]:
         log.info("engine.backplane_url not set: transcripts are not persisted")
         yield
         return
-    backplane = Backplane(deliver)
+    spool = Spool(
+        Path(config.server.state_dir) / "transcript-spool", app[ROLE], config.engine.spool_max_bytes
+    )
+    backplane = Backplane(deliver, spool=spool)
+    await backplane.open()
     app[BACKPLANE] = backplane
-    app[REGISTRY].end_listeners.append(
+    registry = app[REGISTRY]
+    registry.end_listeners.append(
         lambda session_id, reason: backplane.submit(SessionEnded(session_id, reason, now_iso()))
     )
-    worker = asyncio.create_task(backplane.run(), name="transcript-delivery")
+
+    async def tell_clients(down: bool) -> None:
+        message = (
+            protocol.error("transcript_delayed", TRANSCRIPT_DELAYED)
+            if down
+            else protocol.notice("transcript_saved", TRANSCRIPT_SAVED)
+        )
+        log.warning("transcript store %s", "unavailable" if down else "back")
+        await tell_everyone(registry, message, within=2.0)
+
+    backplane.outage_listeners.append(tell_clients)
+    worker = asyncio.create_task(backplane.run(), name="transcripts")
     try:
         yield
     finally:
         if not await backplane.flush(TRANSCRIPT_FLUSH_SECONDS):
-            log.error("stopping with %d transcript turns undelivered", backplane.pending)
+            log.error(
+                "stopping with %d transcript events undelivered; they are kept in %s and "
+                "delivered at the next start",
+                backplane.pending,
+                spool.path,
+            )
         worker.cancel()
         await asyncio.gather(worker, return_exceptions=True)
+        await backplane.close()
         if http_delivery is not None:
             await http_delivery.close()
 

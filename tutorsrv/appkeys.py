@@ -13,6 +13,7 @@ from .engine.speech.tts import Synthesizer
 from .engine.speech.vad import SileroVAD
 from .knowledge import KnowledgeSearch
 from .registry import SessionRegistry
+from .web.embedded_pg import EmbeddedPostgres
 from .web.engine_client import EngineClient
 from .web.rag import Ingestor
 
@@ -29,6 +30,8 @@ LLM_WARMUP_MS = web.AppKey("llm_warmup_ms", float)
 ENGINE_API_KEY = web.AppKey("engine_api_key", str)
 # Web role (present in `web` and `all`).
 DB = web.AppKey("db", asyncpg.Pool)
+# The embedded PostgreSQL, when no database.url is set (supervised: app._database_ctx).
+EMBEDDED_DB = web.AppKey("embedded_db", EmbeddedPostgres)
 ENGINE_CLIENT = web.AppKey("engine_client", EngineClient)
 # Engine side: where finished turns go (absent when nothing persists them).
 BACKPLANE = web.AppKey("backplane", Backplane)

@@ -89,7 +89,7 @@ def migrate(args: argparse.Namespace) -> int:
 
     async def apply() -> None:
         async with open_database(config.database):
-            pass
+            pass  # opening applies them
 
     try:
         asyncio.run(apply())

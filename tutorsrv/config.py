@@ -113,6 +113,10 @@ class EngineConfig:
     # --role engine in a split deployment: the web role's base URL, where finished turns are
     # posted (with api_key). Empty: transcripts are kept only in the engine's memory.
     backplane_url: str = ""
+    # Finished turns wait on local disk (<server.state_dir>/transcript-spool/, fsync'd) until
+    # the store has them, so a crash loses none that a student saw finished. Past this size
+    # (a long store outage) new turns are kept in memory only, and an error is logged.
+    spool_max_bytes: int = 64 * 1024 * 1024
 
 
 @dataclass

@@ -10,6 +10,7 @@ from aiohttp import web
 from . import __version__
 from .appkeys import (
     DB,
+    EMBEDDED_DB,
     ENGINE_CLIENT,
     LLM,
     LLM_WARMUP_MS,
@@ -74,6 +75,14 @@ async def health(request: web.Request) -> web.Response:
         except Exception:
             body["database"] = "unavailable"
             healthy = False
+    if (embedded := app.get(EMBEDDED_DB)) is not None:
+        # Restarted by this process when it exits (docs/deploy.md, "The embedded database").
+        body["embedded_database"] = {
+            "running": embedded.available,
+            "restarts": embedded.restarts,
+            "last_failure": embedded.last_failure or None,
+        }
+        healthy = healthy and embedded.available
     if role == "web" and ENGINE_CLIENT in app:
         engines = await app[ENGINE_CLIENT].health()
         body["engines"] = engines

@@ -33,7 +33,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .appkeys import BACKPLANE, MODELS, REGISTRY
+from .appkeys import BACKPLANE, EMBEDDED_DB, MODELS, REGISTRY
 from .http_errors import Handler
 
 PREFIX = "tutorsrv_"
@@ -215,12 +215,40 @@ class _ScrapeTimeCollector(Collector):
                 "transcript events not yet stored (queued plus in delivery)",
                 value=backplane.pending,
             )
+            yield GaugeMetricFamily(
+                PREFIX + "backplane_outage",
+                "1 while the transcript store is unreachable (turns wait in the spool)",
+                value=1 if backplane.outage else 0,
+            )
             for name, value, text in (
                 ("retries", backplane.retries, "failed transcript deliveries, retried"),
                 ("dropped", backplane.dropped, "transcript events dropped: queue full"),
                 ("rejected", backplane.rejected, "transcript events the store refused for good"),
+                (
+                    "recovered",
+                    backplane.recovered,
+                    "transcript events an earlier run left in the spool, delivered at start",
+                ),
+                (
+                    "spool_failures",
+                    backplane.spool_failures,
+                    "spool writes that failed (full or disk error): those turns were kept in "
+                    "memory only",
+                ),
             ):
                 yield CounterMetricFamily(PREFIX + "backplane_" + name, text, value=value)
+        embedded = self._app.get(EMBEDDED_DB)
+        if embedded is not None:
+            yield GaugeMetricFamily(
+                PREFIX + "database_running",
+                "1 while the embedded PostgreSQL runs, 0 while it is being restarted",
+                value=1 if embedded.available else 0,
+            )
+            yield CounterMetricFamily(
+                PREFIX + "database_restarts",
+                "times the embedded PostgreSQL was started again after it exited",
+                value=embedded.restarts,
+            )
 
 
 def setup(

@@ -1109,6 +1109,16 @@ def _health_schema() -> Schema:
                 "enum": ["ok", "unavailable"],
                 "description": "Web roles.",
             },
+            "embedded_database": _object(
+                {
+                    "running": {"type": "boolean"},
+                    "restarts": _integer(minimum=0),
+                    "last_failure": _nullable(_string()),
+                },
+                ["running", "restarts", "last_failure"],
+                description="Web roles with the embedded PostgreSQL (no database.url): false "
+                "while it is being started again after it exited.",
+            ),
             "engines": _array(_ref("EngineState"), "The web role: each of `web.engine_urls`."),
         },
         ["status", "service", "version", "role"],

