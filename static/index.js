@@ -36,10 +36,12 @@ $("register").addEventListener("submit", (event) => {
   event.preventDefault();
   const form = event.currentTarget;
   errorBox(form).textContent = "";
-  const { name, email, password } = formValues(form);
+  const { name, email, password, invite } = formValues(form);
+  const body = { name, email, password };
+  if (invite) body.invite = invite; // the field is there only when registration needs one
   busy(form, async () => {
     try {
-      await signIn("/api/auth/register", { name, email, password });
+      await signIn("/api/auth/register", body);
       window.location.assign("/admin");
     } catch (err) {
       showError(errorBox(form), err, "Could not register");

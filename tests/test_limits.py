@@ -154,6 +154,9 @@ async def test_admin_login_limited_per_account_and_per_ip(
     )
     admin = await register_admin(client)
     other = await register_admin(client)
+    # From here on a browser that has never logged in to either (registering made this one
+    # known to both; tests/test_known_devices.py covers known browsers).
+    client.session.cookie_jar.clear()
 
     def login(email: str, password: str, address: str) -> Any:
         return client.post(
@@ -169,12 +172,16 @@ async def test_admin_login_limited_per_account_and_per_ip(
     assert resp.headers["Retry-After"] == "20"
     assert "login" in body["message"]
     # The other account is unaffected.
-    assert (await login(other["email"], PASSWORD, "198.51.100.50")).status == 200
+    assert (await login(other["email"], PASSWORD, "198.51.100.51")).status == 200
 
-    # Per address: successful logins count too.
-    for _ in range(2):
+    # Per account, a right password gives its attempt back...
+    for n in range(5):
+        client.session.cookie_jar.clear()
+        assert (await login(other["email"], PASSWORD, f"203.0.113.{n}")).status == 200
+    # ...per address every attempt counts, right or wrong.
+    for _ in range(3):
         assert (await login(other["email"], PASSWORD, "198.51.100.60")).status == 200
-    resp = await login(other["email"], PASSWORD, "198.51.100.60")  # account: 4th this minute
+    resp = await login(other["email"], PASSWORD, "198.51.100.60")
     await error_of(resp, 429, "rate_limited")
     for n in range(3):
         resp = await login(f"nobody{n}@school.example", "x", "192.0.2.1")

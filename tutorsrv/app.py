@@ -39,6 +39,7 @@ from .appkeys import (
     LLM,
     LLM_WARMUP_MS,
     MODELS,
+    RECORDINGS,
     REGISTRY,
     ROLE,
     SYNTHESIZER,
@@ -61,6 +62,7 @@ from .engine.llm import LLMBackend, create_backends
 from .engine.llm.warmup import warm_up
 from .engine.public_url import LEGACY_WEBSOCKET_PATH, WEBSOCKET_PATH
 from .engine.speech.asr import Transcriber
+from .engine.speech.decode_pool import RecordingDecoder
 from .engine.speech.tts import Synthesizer
 from .engine.speech.vad import SileroVAD
 from .engine.websocket import (
@@ -78,6 +80,7 @@ from .registry import Session, SessionRegistry, TokenSigner, now_iso
 from .spool import Spool
 from .web import proxy
 from .web.db import database_errors, open_database
+from .web.devices import KNOWN_DEVICES, KnownDevices
 from .web.engine_client import IN_PROCESS, HttpEngineClient, InProcessEngineClient
 from .web.lost_sessions import end_lost_sessions
 from .web.rag import DatabaseKnowledgeSearch, Embedder, Ingestor
@@ -149,7 +152,9 @@ def _setup_web(app: web.Application, config: Config, role: str) -> None:
             "web.engine_urls: the web role needs at least one engine "
             "(e.g. TUTORSRV_WEB_ENGINE_URLS=http://engine-host:9000)"
         )
-    app[ACCOUNT_TOKENS] = AccountTokens(_jwt_secret(config, role), config.web.access_token_seconds)
+    secret = _jwt_secret(config, role)
+    app[ACCOUNT_TOKENS] = AccountTokens(secret, config.web.access_token_seconds)
+    app[KNOWN_DEVICES] = KnownDevices(secret)
     app.cleanup_ctx.append(_database_ctx)
     app.cleanup_ctx.append(_ingestor_ctx)
     app.cleanup_ctx.append(_engine_client_ctx)
@@ -276,11 +281,15 @@ async def _speech_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     transcriber = Transcriber(config.asr) if config.asr.enabled else None
     synthesizer = Synthesizer(config.tts) if config.tts.enabled else None
+    recordings: RecordingDecoder | None = None
     try:
         if transcriber is not None:
             app[VAD] = await asyncio.to_thread(SileroVAD)
             await transcriber.load()
             app[TRANSCRIBER] = transcriber
+            recordings = RecordingDecoder(config.asr)
+            await recordings.start()
+            app[RECORDINGS] = recordings
         if synthesizer is not None:
             await synthesizer.load()
             app[SYNTHESIZER] = synthesizer
@@ -289,6 +298,8 @@ async def _speech_ctx(app: web.Application) -> AsyncIterator[None]:
         for model in (transcriber, synthesizer):
             if model is not None:
                 model.close()
+        if recordings is not None:
+            await recordings.close()
 
 
 async def _reaper_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -9,6 +9,7 @@ from .backplane import Backplane
 from .config import Config
 from .engine.llm.base import LLMBackend
 from .engine.speech.asr import Transcriber
+from .engine.speech.decode_pool import RecordingDecoder
 from .engine.speech.tts import Synthesizer
 from .engine.speech.vad import SileroVAD
 from .knowledge import KnowledgeSearch
@@ -40,5 +41,6 @@ INGESTOR = web.AppKey("ingestor", Ingestor)
 KNOWLEDGE = web.AppKey("knowledge", KnowledgeSearch)
 # Speech models, loaded at start-up; each absent when switched off (asr/tts.enabled).
 TRANSCRIBER = web.AppKey("transcriber", Transcriber)
+RECORDINGS = web.AppKey("recordings", RecordingDecoder)
 VAD = web.AppKey("vad", SileroVAD)
 SYNTHESIZER = web.AppKey("synthesizer", Synthesizer)

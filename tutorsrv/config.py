@@ -63,7 +63,8 @@ class ServerConfig:
     trusted_proxies: list[str] = field(default_factory=list)
     # Attempts per minute at logging in and at starting sessions, per account and per client
     # IP (a class behind one school NAT address shares the IP budget); beyond them 429 with
-    # Retry-After. 0 switches a limit off.
+    # Retry-After. 0 switches a limit off. Per account, only failed logins count, and a
+    # browser the account has logged in from has a budget of its own (web/devices.py).
     login_rate_per_minute: int = 10
     login_rate_per_ip_per_minute: int = 300
     session_rate_per_minute: int = 30
@@ -213,6 +214,11 @@ class ASRConfig:
     # Microphone audio may arrive this many times faster than real time (bursts: 10 s worth);
     # beyond, frames are dropped with `rate_limited`.
     max_realtime_factor: float = 10.0
+    # Recordings (the `audio` message) are decoded in child processes: this many at once
+    # (one per organisation), each with this much CPU time and memory at most.
+    decode_workers: int = 2
+    decode_cpu_seconds: float = 10.0
+    decode_memory_mb: int = 1024
 
 
 @dataclass
@@ -571,6 +577,11 @@ def validate(config: Config) -> None:
         raise ConfigError("asr.max_utterance_seconds: must be from 1 to 300")
     if a.max_realtime_factor < 1:
         raise ConfigError("asr.max_realtime_factor: must be at least 1")
+    _positive("asr.decode_workers", a.decode_workers)
+    _positive("asr.decode_cpu_seconds", a.decode_cpu_seconds)
+    if a.decode_memory_mb < 512:
+        # The decoder's own libraries take about 300 MiB of address space before any audio.
+        raise ConfigError("asr.decode_memory_mb: must be at least 512")
     _positive("tts.length_scale", t.length_scale, allow_zero=True)
     if not 10 <= t.frame_ms <= 1000:
         raise ConfigError("tts.frame_ms: must be from 10 to 1000")

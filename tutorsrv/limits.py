@@ -115,6 +115,13 @@ class RateLimiter:
                 bucket.take(now)
         return waited
 
+    def give_back(self, key: str) -> None:
+        """Return the token an attempt took (it turned out not to count, e.g. a login that
+        succeeded)."""
+        bucket = self._buckets.get(key)
+        if bucket is not None:
+            bucket.tokens = min(bucket.burst, bucket.tokens + 1.0)
+
     def _bucket(self, key: str) -> TokenBucket:
         bucket = self._buckets.get(key)
         if bucket is None:
@@ -221,15 +228,23 @@ def _refuse(waited: float, what: str) -> APIError:
     )
 
 
-def limit_login(request: web.Request, email: str | None) -> None:
-    """Count a login attempt (admin or student) by client IP and by email; 429 beyond.
-    Called before the password is checked: failed and successful attempts count alike."""
+def limit_login(request: web.Request, budget: str | None) -> None:
+    """Count a password check (a login, or a change that needs the current password) by
+    client IP and against ``budget``: the account's, or a known browser's own (see
+    ``web/devices.py``); 429 beyond. Called before the password is checked, so parallel
+    guesses are counted too; ``login_succeeded`` then gives a right password's token back:
+    only failures stay counted against the account."""
     limits = request.config_dict[LIMITS]
     waited = limits.login_ip.hit("ip:" + client_ip(request))
-    if not waited and email:
-        waited = limits.login.hit("account:" + email.lower())
+    if not waited and budget:
+        waited = limits.login.hit(budget)
     if waited:
         raise _refuse(waited, "login attempts")
+
+
+def login_succeeded(request: web.Request, budget: str | None) -> None:
+    if budget:
+        request.config_dict[LIMITS].login.give_back(budget)
 
 
 def limit_registration(request: web.Request) -> None:

@@ -424,6 +424,12 @@ def _schemas(models: Sequence[str]) -> dict[str, Schema]:
                 "email": {**email, "description": email["description"] + " Must be unused."},
                 "password": password_new,
                 "name": _text(200, 'Default `""`.'),
+                "invite": _text(
+                    128,
+                    "A code from `tutorsrv invites create`: needed when the server has "
+                    "`web.allow_registration = false` (and spent by this registration), "
+                    "ignored otherwise.",
+                ),
             },
             ["email", "password"],
             closed=True,
@@ -1238,7 +1244,12 @@ def _account_paths() -> dict[str, Schema]:
         _ANY_403,
         (415, "The body is neither JSON nor `application/x-www-form-urlencoded`."),
         422,
-        (429, "Too many login attempts (`rate_limited`), by address or by email."),
+        (
+            429,
+            "Too many login attempts (`rate_limited`): from this address (every attempt), or "
+            "failed ones at this account from browsers without its device cookie, or from "
+            "this browser.",
+        ),
         _DB_503,
     )
     return {
@@ -1253,8 +1264,9 @@ def _account_paths() -> dict[str, Schema]:
                         400,
                         (
                             403,
-                            "Registration is switched off (`registration_closed`), or the "
-                            "Origin is not allowed.",
+                            "Registration needs an invite and none was sent "
+                            "(`registration_closed`), the invite is unknown, used or expired "
+                            "(`invalid_invite`), or the Origin is not allowed.",
                         ),
                         (409, "An admin with this email exists (`email_taken`)."),
                         415,
@@ -1274,7 +1286,10 @@ def _account_paths() -> dict[str, Schema]:
                 "accounts",
                 {"200": _response("A token.", token), **login_errors},
                 description="JSON, or the OAuth2 password form (`username`, `password`, "
-                "optionally `grant_type=password` and `scope`).",
+                "optionally `grant_type=password` and `scope`). A successful login sets an "
+                "HttpOnly cookie `tutorsrv_device_…` for this path: a browser that brings it "
+                "has its own failed-login budget for the account, so a stranger's wrong "
+                "passwords cannot lock it out.",
                 body=_login_body("AdminLogin", "AdminLoginForm"),
                 security=PUBLIC,
             )
@@ -1294,7 +1309,7 @@ def _account_paths() -> dict[str, Schema]:
                     ),
                 },
                 description="JSON, or the OAuth2 password form. Emails are unique only within "
-                "an organisation.",
+                "an organisation. Sets a device cookie as the admin login does.",
                 body=_login_body("StudentLogin", "StudentLoginForm"),
                 security=PUBLIC,
             )

@@ -55,7 +55,9 @@ async def index(request: web.Request) -> web.Response:
             key_configured=bool(app[CONFIG].engine.api_key),
             key_file=key_file_path(app[CONFIG]),
         )
-    return _page(request, "index.html", **status)
+    return _page(
+        request, "index.html", needs_invite=not app[CONFIG].web.allow_registration, **status
+    )
 
 
 async def admin_page(request: web.Request) -> web.Response:

@@ -25,6 +25,7 @@ from ..limits import TokenBucket
 from . import protocol
 from .conversation import Conversation, VoiceTurn
 from .speech.asr import Transcriber
+from .speech.decode_pool import RecordingDecoder
 from .speech.pcm import SAMPLE_WIDTH, InvalidAudio, to_float
 from .speech.recording import RecordingTooLong
 from .speech.vad import SAMPLE_RATE, SileroVAD, SpeechStarted, UtteranceDetector, UtteranceEnded
@@ -43,6 +44,7 @@ class VoiceInput:
     def __init__(
         self,
         transcriber: Transcriber,
+        recordings: RecordingDecoder,
         vad: SileroVAD,
         config: ASRConfig,
         conversation: Conversation,
@@ -50,6 +52,7 @@ class VoiceInput:
         on_transcribed: Callable[[float], None] | None = None,
     ) -> None:
         self.transcriber = transcriber
+        self.recordings = recordings
         self.config = config
         self.conversation = conversation
         self.send: Callable[[dict[str, Any]], Awaitable[None]] = conversation.send
@@ -114,7 +117,8 @@ class VoiceInput:
             await self.send(protocol.error("invalid_audio", "'data' is not valid base64"))
             return
         try:
-            audio = await self.transcriber.decode(raw)
+            session = self.conversation.session
+            audio = await self.recordings.decode(raw, session.tenant_id or "session:" + session.id)
         except RecordingTooLong as e:
             await self.send(protocol.error("utterance_too_long", str(e)))
             return

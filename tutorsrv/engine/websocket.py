@@ -25,6 +25,7 @@ from ..appkeys import (
     KNOWLEDGE,
     LLM,
     MODELS,
+    RECORDINGS,
     REGISTRY,
     SYNTHESIZER,
     TRANSCRIBER,
@@ -206,6 +207,7 @@ async def session_socket(request: web.Request) -> web.WebSocketResponse:
     if (transcriber := request.app.get(TRANSCRIBER)) is not None:
         voice = VoiceInput(
             transcriber,
+            request.app[RECORDINGS],
             request.app[VAD],
             app_config.asr,
             conversation,

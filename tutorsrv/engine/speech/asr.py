@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 
 from ...config import ASRConfig
-from .recording import decode_recording
 from .vad import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
@@ -95,12 +94,6 @@ class Transcriber:
             condition_on_previous_text=False,
         )
         return " ".join(s.text.strip() for s in segments).strip()
-
-    async def decode(self, data: bytes) -> np.ndarray:
-        """A whole recorded utterance (see ``recording.py``: bounded by
-        ``asr.max_utterance_seconds`` before and while it decodes). CPU work for a worker
-        thread, but not the transcription one: it need not wait behind other utterances."""
-        return await asyncio.to_thread(decode_recording, data, self.config.max_utterance_seconds)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -25,11 +25,12 @@ MAX_RATE = 192_000
 
 
 class RecordingTooLong(InvalidAudio):
-    def __init__(self, seconds: float, limit: float, *, declared: bool) -> None:
-        self.seconds = seconds
-        self.limit = limit
-        what = "declares" if declared else "is at least"
-        super().__init__(f"the recording {what} {seconds:.1f} s; the limit is {limit:g} s")
+    """Longer than ``asr.max_utterance_seconds`` (the message says by how much)."""
+
+
+def _too_long(seconds: float, limit: float, *, declared: bool) -> RecordingTooLong:
+    what = "declares" if declared else "is at least"
+    return RecordingTooLong(f"the recording {what} {seconds:.1f} s; the limit is {limit:g} s")
 
 
 def _check_rate(rate: int | None) -> None:
@@ -42,7 +43,8 @@ def _check_rate(rate: int | None) -> None:
 
 def decode_recording(data: bytes, max_seconds: float) -> np.ndarray:
     """Any container/codec FFmpeg knows (WAV, WebM/Opus, Ogg, FLAC, MP3 ...) to float32
-    samples at 16 kHz mono. Blocking: run it in a worker thread."""
+    samples at 16 kHz mono. Blocking, and run in a limited child process in the server
+    (``decode_pool.py``)."""
     import av
 
     chunks: list[np.ndarray] = []
@@ -59,13 +61,13 @@ def decode_recording(data: bytes, max_seconds: float) -> np.ndarray:
             elif container.duration is not None:
                 declared = container.duration / av.time_base
             if declared > max_seconds:
-                raise RecordingTooLong(declared, max_seconds, declared=True)
+                raise _too_long(declared, max_seconds, declared=True)
             resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
             for frame in container.decode(stream):
                 _check_rate(frame.sample_rate)
                 seconds += frame.samples / frame.sample_rate
                 if seconds > max_seconds:
-                    raise RecordingTooLong(seconds, max_seconds, declared=False)
+                    raise _too_long(seconds, max_seconds, declared=False)
                 for out in resampler.resample(frame):
                     chunks.append(out.to_ndarray().reshape(-1))
             for out in resampler.resample(None):

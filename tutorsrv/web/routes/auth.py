@@ -10,7 +10,9 @@ from ... import validation as v
 from ...appkeys import CONFIG, DB
 from ...compact_json import json_response
 from ...http_errors import APIError
-from ...limits import limit_login, limit_registration
+from ...limits import limit_login, limit_registration, login_succeeded
+from .. import invites
+from ..devices import KNOWN_DEVICES
 from ..security import (
     ACCOUNT_TOKENS,
     Principal,
@@ -22,6 +24,23 @@ from ..security import (
 )
 
 INVALID_LOGIN = "the email or password is wrong"
+ADMIN_LOGIN = "/api/auth/login"
+STUDENT_LOGIN = "/api/students/login"
+
+
+def _login_budget(request: web.Request, role: str, email: str) -> str:
+    """Whose budget a failed login is charged to: this browser's own when the account has
+    logged in from it before, else the account's (see ``web/devices.py``)."""
+    known = request.app[KNOWN_DEVICES].budget_key(request, role, email)
+    return known or f"account:{role}:{email.lower()}"
+
+
+def _remember_device(
+    request: web.Request, response: web.Response, role: str, email: str
+) -> web.Response:
+    path = ADMIN_LOGIN if role == "admin" else STUDENT_LOGIN
+    request.app[KNOWN_DEVICES].remember(request, response, path, role, email)
+    return response
 
 
 def _token_response(
@@ -41,27 +60,46 @@ def _token_response(
 
 
 async def register(request: web.Request) -> web.Response:
-    if not request.app[CONFIG].web.allow_registration:
-        raise APIError(403, "registration_closed", "registration is switched off on this server")
+    """A new admin, i.e. a new organisation. With ``web.allow_registration = false`` only
+    with an unused invite (``web/invites.py``), which this registration then spends."""
+    needs_invite = not request.app[CONFIG].web.allow_registration
     body = await v.json_body(request)
-    v.only_fields(body, ("email", "password", "name"))
+    v.only_fields(body, ("email", "password", "name", "invite"))
+    invite = v.text(body, "invite", max_len=invites.MAX_CODE_LENGTH * 2)
+    if needs_invite and not invite:
+        raise APIError(
+            403,
+            "registration_closed",
+            "registration on this server needs an invite from its operator ('invite')",
+        )
     email = v.email(body)
     password = v.password(body)
     name = v.text(body, "name", max_len=200) or ""
     limit_registration(request)
+    db = request.app[DB]
+    if needs_invite and not await invites.is_open(db, invite or ""):
+        raise APIError(
+            403, "invalid_invite", "this invite is unknown, used or expired", field="invite"
+        )
     password_hash = await hash_password(password)  # type: ignore[arg-type]
     try:
-        row = await request.app[DB].fetchrow(
-            "INSERT INTO admins (email, name, password_hash) VALUES ($1, $2, $3) RETURNING id",
-            email,
-            name,
-            password_hash,
-        )
+        async with db.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "INSERT INTO admins (email, name, password_hash) VALUES ($1, $2, $3) RETURNING id",
+                email,
+                name,
+                password_hash,
+            )
+            if needs_invite and not await invites.spend(conn, invite or "", row["id"]):
+                raise APIError(
+                    403, "invalid_invite", "this invite was used meanwhile", field="invite"
+                )
     except asyncpg.UniqueViolationError:
         raise APIError(
             409, "email_taken", "an account with this email exists", field="email"
         ) from None
-    return _token_response(request, Principal(row["id"], "admin", row["id"]), 0, status=201)
+    response = _token_response(request, Principal(row["id"], "admin", row["id"]), 0, status=201)
+    return _remember_device(request, response, "admin", email or "")
 
 
 async def login(request: web.Request) -> web.Response:
@@ -69,14 +107,18 @@ async def login(request: web.Request) -> web.Response:
     v.only_fields(body, ("email", "password"))
     email = v.email(body)
     password = v.password(body, new=False)
-    limit_login(request, email)
+    budget = _login_budget(request, "admin", email or "")
+    limit_login(request, budget)
     row = await request.app[DB].fetchrow(
         "SELECT id, password_hash, token_version FROM admins WHERE lower(email) = $1", email
     )
     if not await verify_password(row["password_hash"] if row else None, password or ""):
         raise APIError(401, "invalid_credentials", INVALID_LOGIN)
+    login_succeeded(request, budget)
     who = Principal(row["id"], "admin", row["id"])
-    return _token_response(request, who, row["token_version"])
+    return _remember_device(
+        request, _token_response(request, who, row["token_version"]), "admin", email or ""
+    )
 
 
 # Password checks per student login without an organisation_id (one with it: 1).
@@ -89,7 +131,8 @@ async def student_login(request: web.Request) -> web.Response:
     email = v.email(body)
     password = v.password(body, new=False) or ""
     tenant = v.text(body, "organisation_id", max_len=64)
-    limit_login(request, email)
+    budget = _login_budget(request, "student", email or "")
+    limit_login(request, budget)
     rows = await request.app[DB].fetch(
         "SELECT id, admin_id, password_hash, token_version FROM students WHERE lower(email) = $1"
         " ORDER BY created_at, id",
@@ -101,12 +144,12 @@ async def student_login(request: web.Request) -> web.Response:
     # the same number of checks (real ones, then dummies), so neither the cost of a login nor
     # its time depends on how many organisations enrolled the email: 31 enrolments once
     # meant 31 password hashes per attempt.
-    budget = 1 if tenant is not None else STUDENT_LOGIN_CHECKS
-    checked = rows[:budget]
+    checks = 1 if tenant is not None else STUDENT_LOGIN_CHECKS
+    checked = rows[:checks]
     matches = [r for r in checked if await verify_password(r["password_hash"], password)]
-    for _ in range(budget - len(checked)):
+    for _ in range(checks - len(checked)):
         await verify_password(None, password)
-    if not matches and len(rows) > budget:
+    if not matches and len(rows) > checks:
         # More enrolments than one login checks: the password may match one of the others.
         raise APIError(
             409,
@@ -116,6 +159,7 @@ async def student_login(request: web.Request) -> web.Response:
         )
     if not matches:
         raise APIError(401, "invalid_credentials", INVALID_LOGIN)
+    login_succeeded(request, budget)
     if len(matches) > 1:
         raise APIError(
             409,
@@ -126,7 +170,9 @@ async def student_login(request: web.Request) -> web.Response:
         )
     row = matches[0]
     who = Principal(row["id"], "student", row["admin_id"])
-    return _token_response(request, who, row["token_version"])
+    return _remember_device(
+        request, _token_response(request, who, row["token_version"]), "student", email or ""
+    )
 
 
 async def me(request: web.Request) -> web.Response:
@@ -161,10 +207,11 @@ async def _check_current_password(request: web.Request, who: Principal, body: di
     token left on a shared computer must not be enough to take the account over."""
     current = v.password(body, "current_password", new=False) or ""
     table, where, args = own_account(who)
-    row = await request.app[DB].fetchrow(
-        f"SELECT email, password_hash FROM {table} WHERE {where}", *args
-    )
-    limit_login(request, row["email"] if row else None)  # as a login: no guessing by this way
+    row = await request.app[DB].fetchrow(f"SELECT password_hash FROM {table} WHERE {where}", *args)
+    # Counted as logins are (no guessing this way), in a budget only this account's tokens
+    # can spend.
+    budget = f"password:{who.role}:{who.user_id}"
+    limit_login(request, budget)
     if not await verify_password(row["password_hash"] if row else None, current):
         raise APIError(
             403,
@@ -172,6 +219,7 @@ async def _check_current_password(request: web.Request, who: Principal, body: di
             "'current_password' is not this account's password",
             field="current_password",
         )
+    login_succeeded(request, budget)
 
 
 async def change_password(request: web.Request) -> web.Response:
@@ -240,9 +288,9 @@ PUBLIC_ROUTES = frozenset(
 
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/auth/register", register)
-    app.router.add_post("/api/auth/login", login)
+    app.router.add_post(ADMIN_LOGIN, login)
     app.router.add_get("/api/auth/me", me)
     app.router.add_patch("/api/auth/me", update_me)
     app.router.add_post("/api/auth/password", change_password)
     app.router.add_post("/api/auth/sign-out", sign_out)
-    app.router.add_post("/api/students/login", student_login)
+    app.router.add_post(STUDENT_LOGIN, student_login)
