@@ -22,7 +22,12 @@ requests were answered. The attacks (from issue 17's list; each runs for ``--sec
 4. ``history flood``: an attacker student sends 4 KB text turns as fast as it is answered;
 5. ``registrations``: 200 admin registrations at once from one address;
 6. ``idle sockets``: 1,100 TCP connections that never send a request;
-7. ``slot grab``: the attacker student starts sessions and never connects.
+7. ``slot grab``: the attacker student starts sessions and never connects;
+8. ``lockout``: a stranger sends wrong passwords for the victim admin's email, 20 a second,
+   each from a different spoofed address (the server trusts 127.0.0.1 as its proxy here, so
+   ``X-Forwarded-For`` is believed, as behind a real proxy). The victim logs in from the
+   browser it used before (its device cookie); once a second the owner also tries from a
+   new browser, which the lockout does hold back (reported as ``new browser``).
 
 Run it (about 3-4 minutes on 2 cores)::
 
@@ -92,11 +97,18 @@ def tree_rss_mib(server: Server) -> float:
     return total / 2**20
 
 
+# Where the victim's requests say they come from (the server trusts 127.0.0.1 as a proxy).
+VICTIM_ADDRESS = {"X-Forwarded-For": "198.51.100.7"}
+
+
 class Org:
     """One organisation: admin token, a tutor, a student."""
 
     def __init__(self, base: str) -> None:
         self.base = base
+        # The victim's browser: its cookies (the login's device cookie) last across phases.
+        self.jar = aiohttp.CookieJar(unsafe=True)
+        self.victim: Org = self
         self.email = f"admin-{secrets.token_hex(4)}@school.example"
         self.headers: dict[str, str] = {}
         self.tutor = self.student = self.kb = ""
@@ -137,7 +149,9 @@ async def probe(http: aiohttp.ClientSession, victim: Org) -> dict[str, float | N
     out: dict[str, float | None] = {"login": None, "start": None, "first_token": None}
     t = time.monotonic()
     r = await http.post(
-        victim.base + "/api/auth/login", json={"email": victim.email, "password": PASSWORD}
+        victim.base + "/api/auth/login",
+        json={"email": victim.email, "password": PASSWORD},
+        headers=VICTIM_ADDRESS,
     )
     if r.status == 200:
         out["login"] = time.monotonic() - t
@@ -292,6 +306,32 @@ async def idle_sockets(
             s.close()
 
 
+async def lockout(
+    http: aiohttp.ClientSession, org: Org, answers: Counter[str], stop: asyncio.Event
+) -> None:
+    victim = org.victim
+    n = 0
+    last_new_browser = 0.0
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as stranger:
+        while not stop.is_set():
+            n += 1
+            r = await stranger.post(
+                victim.base + "/api/auth/login",
+                json={"email": victim.email, "password": f"guess {n}"},
+                headers={"X-Forwarded-For": f"203.0.{n // 250 % 250}.{n % 250 + 1}"},
+            )
+            answers[str(r.status)] += 1
+            if time.monotonic() - last_new_browser > 1:
+                last_new_browser = time.monotonic()
+                r = await stranger.post(
+                    victim.base + "/api/auth/login",
+                    json={"email": victim.email, "password": PASSWORD},
+                    headers=VICTIM_ADDRESS,
+                )
+                answers[f"new browser {r.status}"] += 1
+            await asyncio.sleep(0.05)
+
+
 async def slot_grab(
     http: aiohttp.ClientSession, org: Org, answers: Counter[str], stop: asyncio.Event
 ) -> None:
@@ -309,6 +349,7 @@ ATTACKS: dict[str, Attack] = {
     "registrations": registrations,
     "idle_sockets": idle_sockets,
     "slot_grab": slot_grab,
+    "lockout": lockout,
 }
 
 
@@ -319,7 +360,7 @@ async def phase(
     connector = aiohttp.TCPConnector(limit=0)
     async with (
         aiohttp.ClientSession(connector=connector) as attacking,
-        aiohttp.ClientSession() as http,
+        aiohttp.ClientSession(cookie_jar=victim.jar) as http,
     ):
         answers: Counter[str] = Counter()
         stop = asyncio.Event()
@@ -376,11 +417,10 @@ async def run(args: argparse.Namespace) -> None:
             "TUTORSRV_LLM_MODEL": args.model,
             "TUTORSRV_ENGINE_MAX_SESSIONS": "10",
             # Victim and attacker share 127.0.0.1 here, and the victim probes far more often
-            # than a person: the per-account and per-address login and session budgets are
-            # lifted so that they measure the server, not the rate limits. (Registrations keep
-            # theirs: it is one of the defences measured.)
-            "TUTORSRV_SERVER_LOGIN_RATE_PER_MINUTE": "100000",
-            "TUTORSRV_SERVER_LOGIN_RATE_PER_IP_PER_MINUTE": "100000",
+            # than a person: the session budgets are lifted so that they measure the server,
+            # not the rate limits. Login budgets stay (only failures count per account, and
+            # the victim says it comes from an address of its own); so do registrations'.
+            "TUTORSRV_SERVER_TRUSTED_PROXIES": "127.0.0.1",
             "TUTORSRV_SERVER_SESSION_RATE_PER_MINUTE": "100000",
             "TUTORSRV_SERVER_SESSION_RATE_PER_IP_PER_MINUTE": "100000",
         },
@@ -391,6 +431,7 @@ async def run(args: argparse.Namespace) -> None:
             await wait_healthy(http, server, 300)
             victim = await Org(server.base).set_up(http)
             attacker = await Org(server.base).set_up(http)
+            attacker.victim = victim
         print(
             f"# machine: {cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}"
         )
