@@ -35,6 +35,8 @@ def _answer(out: BinaryIO, header: dict[str, Any], payload: bytes = b"") -> None
 def serve(memory_bytes: int, jobs: BinaryIO, out: BinaryIO) -> None:
     if memory_bytes:
         resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+    # A recording waits for a turn anyway; a student's reply in progress goes first.
+    os.nice(5)
     # Imported under the limit: the decoder's libraries are part of what it may use.
     import av  # noqa: F401  (loaded now, not during a student's first recording)
 
